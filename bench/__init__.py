@@ -1,0 +1,1 @@
+"""Benchmarks of the Fedge SDK; run ``python -m bench.edge --help``."""

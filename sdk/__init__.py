@@ -1,0 +1,1 @@
+"""Fedge: edge-to-cloud federated inference SDK (``sdk.edge`` on devices, ``sdk.cloud`` on servers)."""

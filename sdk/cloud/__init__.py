@@ -1,0 +1,1 @@
+"""Fedge in the cloud: inference workers, HTTP endpoint, model registry and releases."""

@@ -1,0 +1,33 @@
+"""Inference engines behind one interface; :func:`open_backend` picks one by artifact kind."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from sdk.edge.backends.base import Backend
+
+__all__ = ["BACKEND_FOR_KIND", "Backend", "open_backend"]
+
+BACKEND_FOR_KIND = {"onnx-fp32": "onnxruntime", "onnx-int8": "onnxruntime", "tflite": "litert"}
+
+
+def open_backend(
+    path: str | os.PathLike[str],
+    kind: str,
+    *,
+    providers: Sequence[str] = ("cpu",),
+    num_threads: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Backend:
+    """Load the model file ``path`` of artifact ``kind`` in the engine that runs it."""
+    engine = BACKEND_FOR_KIND.get(kind)
+    if engine == "onnxruntime":
+        from sdk.edge.backends.ort import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, providers=providers, num_threads=num_threads, cache_dir=cache_dir)
+    if engine == "litert":
+        from sdk.edge.backends.litert import LiteRTBackend
+
+        return LiteRTBackend(path, num_threads=num_threads)
+    raise ValueError(f"no backend runs artifacts of kind {kind!r}")

@@ -1,0 +1,38 @@
+"""The one interface every inference engine is driven through."""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+
+import numpy as np
+
+__all__ = ["Backend"]
+
+
+class Backend(abc.ABC):
+    """A loaded model file that maps one input batch to one output batch."""
+
+    #: Package that runs the model, e.g. ``"onnxruntime"``.
+    name: str
+    #: Where it runs, most preferred first, e.g. ``("CUDAExecutionProvider", "CPUExecutionProvider")``.
+    devices: tuple[str, ...]
+
+    @abc.abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run a batch (leading dimension N) and return the model's first output; thread-safe."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the engine; further ``run`` calls are a misuse."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

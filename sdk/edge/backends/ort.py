@@ -1,0 +1,102 @@
+"""ONNX Runtime backend, with an execution-provider preference list."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sdk.edge.backends.base import Backend
+from sdk.errors import BackendError, BackendUnavailable, ModelIntegrityError
+
+__all__ = ["PROVIDER_ALIASES", "OnnxRuntimeBackend", "available_providers", "resolve_providers"]
+
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailable("onnxruntime is not installed: pip install 'fedge[edge]'") from exc
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers (empty when it is not installed)."""
+    try:
+        return list(_import_ort().get_available_providers())
+    except BackendUnavailable:
+        return []
+
+
+def resolve_providers(preference: Sequence[str], available: Sequence[str]) -> list[str]:
+    """Keep the preferred providers that are available, in preference order."""
+    wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in preference]
+    chosen = [p for p in dict.fromkeys(wanted) if p in available]
+    if not chosen:
+        raise BackendUnavailable(
+            f"none of the execution providers {list(preference)} is available; "
+            f"this onnxruntime offers {list(available)}"
+        )
+    return chosen
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs an ``.onnx`` file on the first available execution provider of a preference list."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        providers: Sequence[str] = ("cpu",),
+        num_threads: int = 0,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        ort = _import_ort()
+        chosen = resolve_providers(providers, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        provider_args: list[str | tuple[str, dict[str, object]]] = []
+        for provider in chosen:
+            if provider == "TensorrtExecutionProvider" and cache_dir is not None:
+                # Building a TensorRT engine takes minutes on a Jetson: keep it across restarts.
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                provider_args.append(
+                    (provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)})
+                )
+            else:
+                provider_args.append(provider)
+        try:
+            self._session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=provider_args)
+        except Exception as exc:  # ORT raises its own pybind classes for every load failure
+            raise ModelIntegrityError(f"onnxruntime cannot load {Path(path).name}: {exc}") from exc
+        self.devices = tuple(self._session.get_providers())
+        self._input_name = self._session.get_inputs()[0].name
+        self._output_names = [self._session.get_outputs()[0].name]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run a batch; onnxruntime sessions are safe to call from several threads."""
+        try:
+            return self._session.run(self._output_names, {self._input_name: batch})[0]
+        except AttributeError:
+            raise RuntimeError("the backend is closed") from None
+        except Exception as exc:
+            raise BackendError(f"onnxruntime failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Drop the session."""
+        self.__dict__.pop("_session", None)

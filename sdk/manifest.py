@@ -1,0 +1,310 @@
+"""The model directory's ``manifest.json``: what a model takes, what it returns, and its files.
+
+A model directory holds the artifacts of one model version (``model-fp32.onnx``,
+``model-int8.onnx``, ``model.tflite``), a probe input with each artifact's expected
+output (``probe.npz``), and this manifest, which records every file's sha256 and size.
+Edge and cloud read it through this module only; it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from sdk.errors import ManifestError, ModelIntegrityError, ModelNotFound
+
+__all__ = [
+    "ARTIFACT_KINDS",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "PROBE_FILE",
+    "Artifact",
+    "Manifest",
+    "Probe",
+    "TensorSpec",
+    "file_digest",
+    "load_manifest",
+    "load_probe",
+    "verify_files",
+]
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+PROBE_FILE = "probe.npz"
+ArtifactKind = Literal["onnx-fp32", "onnx-int8", "tflite"]
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("onnx-fp32", "onnx-int8", "tflite")
+DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64")
+# File names only: a manifest must never point outside its own directory.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorSpec:
+    """Name, shape (``None`` for the dynamic batch dimension) and dtype of one tensor."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: the spec's shape without the batch dimension."""
+        return tuple(int(d) for d in self.shape[1:])  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """One runnable file of the model and what the export measured of it."""
+
+    kind: ArtifactKind
+    file: str
+    sha256: str
+    size: int
+    accuracy: float | None = None
+    precision: str = "float32"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Probe:
+    """A probe input and each artifact's expected output, kept in ``probe.npz``."""
+
+    file: str
+    sha256: str
+    size: int
+    atol: float = 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """Everything a runtime needs to know about one model version."""
+
+    name: str
+    version: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    artifacts: Mapping[str, Artifact]
+    labels: tuple[str, ...] = ()
+    output_kind: Literal["logits", "probabilities"] = "logits"
+    probe: Probe | None = None
+    reference_accuracy: float | None = None
+    confidence_threshold: float | None = None
+    sparsity: float = 0.0
+    created_at: str = ""
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def input(self) -> TensorSpec:
+        """The model's single input."""
+        return self.inputs[0]
+
+    def with_threshold(self, threshold: float) -> Manifest:
+        """A copy with a new confidence threshold."""
+        return replace(self, confidence_threshold=float(threshold))
+
+    def to_json(self) -> str:
+        """Serialise as stable, human-readable JSON."""
+        data = asdict(self)
+        data["artifacts"] = {k: asdict(a) for k, a in sorted(self.artifacts.items())}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def write(self, model_dir: str | os.PathLike[str]) -> Path:
+        """Write ``manifest.json`` into ``model_dir`` atomically."""
+        path = Path(model_dir) / MANIFEST_FILE
+        tmp = path.with_suffix(".json.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(self.to_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        """Parse and validate a manifest; raise ManifestError naming the bad field."""
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"manifest.json is not valid JSON: {exc}") from exc
+        return _parse_manifest(_Fields(data, "manifest"))
+
+
+def load_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
+    """Read and validate ``manifest.json`` of ``model_dir``."""
+    path = Path(model_dir) / MANIFEST_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelNotFound(f"no {MANIFEST_FILE} in {model_dir}") from None
+    return Manifest.from_json(raw)
+
+
+def file_digest(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """Return the sha256 hex digest and the size in bytes of a file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def verify_files(model_dir: str | os.PathLike[str], entries: Iterable[Artifact | Probe]) -> None:
+    """Check each file's size and sha256 against the manifest; raise ModelIntegrityError."""
+    for entry in entries:
+        path = Path(model_dir) / entry.file
+        try:
+            digest, size = file_digest(path)
+        except FileNotFoundError:
+            raise ModelIntegrityError(f"{entry.file} is missing from {model_dir}") from None
+        if size != entry.size:
+            raise ModelIntegrityError(
+                f"{entry.file} is {size} bytes, the manifest says {entry.size} (truncated or replaced)"
+            )
+        if digest != entry.sha256:
+            raise ModelIntegrityError(f"{entry.file} does not match its sha256 in the manifest")
+
+
+def load_probe(model_dir: str | os.PathLike[str], manifest: Manifest) -> dict[str, np.ndarray]:
+    """Load the verified probe: ``input`` and ``expected/<artifact kind>`` arrays."""
+    if manifest.probe is None:
+        raise ModelNotFound(f"the manifest of {manifest.name} v{manifest.version} has no probe")
+    verify_files(model_dir, [manifest.probe])
+    with np.load(Path(model_dir) / manifest.probe.file, allow_pickle=False) as npz:
+        return {key.replace("__", "/"): npz[key] for key in npz.files}
+
+
+class _Fields:
+    """Typed access to a JSON object, raising ManifestError with the field's path."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: expected an object, got {type(data).__name__}")
+        self.data = data
+        self.where = where
+
+    def _fail(self, key: str, problem: str) -> ManifestError:
+        return ManifestError(f"{self.where}.{key}: {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise self._fail(key, "missing")
+            return default
+        value = self.data[key]
+        if value is None and default is None:
+            return None
+        numeric = kind is float or (isinstance(kind, tuple) and float in kind)
+        if numeric and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+            raise self._fail(key, f"expected {_kind_name(kind)}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self._fail(key, "must be finite")
+        return value
+
+    def name(self, key: str) -> str:
+        value = self.get(key, str)
+        if not _SAFE_NAME.match(value) or ".." in value:
+            raise self._fail(key, f"{value!r} is not a plain file name")
+        return value
+
+    def sub(self, key: str) -> _Fields:
+        return _Fields(self.get(key, dict), f"{self.where}.{key}")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _parse_tensor(f: _Fields) -> TensorSpec:
+    shape = f.get("shape", list)
+    if not shape or any(d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 1) for d in shape):
+        raise f._fail("shape", f"expected positive ints or null, got {shape!r}")
+    if any(d is None for d in shape[1:]):
+        raise f._fail("shape", "only the batch dimension may be dynamic")
+    dtype = f.get("dtype", str)
+    if dtype not in DTYPES:
+        raise f._fail("dtype", f"unsupported dtype {dtype!r}")
+    return TensorSpec(name=f.get("name", str), shape=tuple(shape), dtype=dtype)
+
+
+def _parse_digest(f: _Fields) -> tuple[str, int]:
+    sha = f.get("sha256", str)
+    if not _SHA256.match(sha):
+        raise f._fail("sha256", "expected 64 lowercase hex digits")
+    size = f.get("size", int)
+    if size < 0:
+        raise f._fail("size", "must be >= 0")
+    return sha, size
+
+
+def _parse_artifact(f: _Fields, kind: str) -> Artifact:
+    if kind not in ARTIFACT_KINDS:
+        raise ManifestError(f"{f.where}: unknown artifact kind (known: {', '.join(ARTIFACT_KINDS)})")
+    sha, size = _parse_digest(f)
+    return Artifact(
+        kind=kind,  # type: ignore[arg-type]
+        file=f.name("file"),
+        sha256=sha,
+        size=size,
+        accuracy=f.get("accuracy", float, None),
+        precision=f.get("precision", str, "float32"),
+    )
+
+
+def _parse_manifest(f: _Fields) -> Manifest:
+    fmt = f.get("format_version", int)
+    if fmt != FORMAT_VERSION:
+        raise f._fail("format_version", f"this SDK reads version {FORMAT_VERSION}, got {fmt}")
+    artifacts_f = f.sub("artifacts")
+    artifacts = {k: _parse_artifact(artifacts_f.sub(k), k) for k in artifacts_f.data}
+    if not artifacts:
+        raise f._fail("artifacts", "no artifacts")
+    inputs = tuple(_parse_tensor(_Fields(t, f"{f.where}.inputs[{i}]")) for i, t in enumerate(f.get("inputs", list)))
+    outputs = tuple(_parse_tensor(_Fields(t, f"{f.where}.outputs[{i}]")) for i, t in enumerate(f.get("outputs", list)))
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise f._fail("inputs", "exactly one input and one output are supported")
+    probe = None
+    if f.get("probe", dict, None) is not None:
+        pf = f.sub("probe")
+        sha, size = _parse_digest(pf)
+        probe = Probe(file=pf.name("file"), sha256=sha, size=size, atol=pf.get("atol", float, 1e-3))
+    output_kind = f.get("output_kind", str, "logits")
+    if output_kind not in ("logits", "probabilities"):
+        raise f._fail("output_kind", "expected 'logits' or 'probabilities'")
+    threshold = f.get("confidence_threshold", float, None)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise f._fail("confidence_threshold", "must be within [0, 1]")
+    version = f.get("version", int)
+    if version < 0:
+        raise f._fail("version", "must be >= 0")
+    return Manifest(
+        name=f.get("name", str),
+        version=version,
+        inputs=inputs,
+        outputs=outputs,
+        artifacts=artifacts,
+        labels=tuple(str(x) for x in f.get("labels", list, [])),
+        output_kind=output_kind,
+        probe=probe,
+        reference_accuracy=f.get("reference_accuracy", float, None),
+        confidence_threshold=threshold,
+        sparsity=f.get("sparsity", float, 0.0),
+        created_at=f.get("created_at", str, ""),
+        lineage=f.get("lineage", dict, {}),
+        format_version=fmt,
+    )

@@ -1,0 +1,44 @@
+"""Session fixtures: a digits model trained once and exported by our own pipeline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def digits_split():
+    from federation.task import load_split
+
+    return load_split(0)
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_split):
+    from federation.task import DigitsCNN, set_seed, train
+
+    set_seed(0)
+    model = DigitsCNN()
+    train(model, digits_split.x_train, digits_split.y_train, epochs=12, lr=3e-3)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, digits_model, digits_split) -> Path:
+    """A pruned (50%) model directory with fp32 ONNX, int8 ONNX and int8 LiteRT artifacts."""
+    from federation.export import ExportConfig, export_model
+
+    out = tmp_path_factory.mktemp("models") / "digits-v1"
+    export_model(digits_model, out, digits_split, ExportConfig(version=1, sparsity=0.5))
+    return out
+
+
+@pytest.fixture
+def model_copy(model_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the model directory, for tests that damage it."""
+    return Path(shutil.copytree(model_dir, tmp_path / "digits-v1"))

@@ -1,0 +1,21 @@
+"""The edge extra stays light: sdk.edge, loading and predicting pull in no heavy framework."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "flwr", "fastapi", "sqlalchemy", "ray")
+
+
+def test_edge_runtime_imports_no_heavy_framework(model_dir):
+    code = (
+        "import sys, numpy as np\n"
+        "from sdk.edge import EdgeRuntime, EdgeConfig\n"
+        f"for kinds in (('onnx-int8',), ('tflite',)):\n"
+        f"    with EdgeRuntime.from_model_dir({str(model_dir)!r}, EdgeConfig(artifacts=kinds)) as rt:\n"
+        "        rt.predict(np.zeros((1, 8, 8), np.float32))\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,70 @@
+"""Configuration from TOML and environment, with errors that name the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdk.edge import EdgeConfig
+from sdk.errors import ConfigError
+
+
+def _toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fedge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file():
+    assert EdgeConfig.load(env={}) == EdgeConfig()
+
+
+def test_values_from_toml_and_env_override(tmp_path):
+    path = _toml(tmp_path, '[edge]\nnum_threads = 2\nproviders = ["cuda", "cpu"]\n')
+
+    config = EdgeConfig.load(path, env={"FEDGE_EDGE__NUM_THREADS": "4", "FEDGE_EDGE__STRICT_DTYPE": "yes"})
+
+    assert config.num_threads == 4
+    assert config.providers == ("cuda", "cpu")
+    assert config.strict_dtype is True
+
+
+def test_list_from_env():
+    config = EdgeConfig.load(env={"FEDGE_EDGE__ARTIFACTS": "tflite, onnx-fp32"})
+    assert config.artifacts == ("tflite", "onnx-fp32")
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key", "match"),
+    [
+        pytest.param("[edge]\nnum_thread = 2\n", {}, "edge.num_thread", "unknown key", id="unknown-key"),
+        pytest.param("[edge]\nnum_threads = 'two'\n", {}, "edge.num_threads", "expected int", id="type"),
+        pytest.param("[edge]\nnum_threads = true\n", {}, "edge.num_threads", "got bool", id="bool-for-int"),
+        pytest.param("[edge]\nnum_threads = -1\n", {}, "edge.num_threads", "0..256", id="range"),
+        pytest.param("[edge]\nnan_policy = 'ignore'\n", {}, "edge.nan_policy", "'reject', 'allow'", id="literal"),
+        pytest.param("[edge]\nartifacts = ['onnx']\n", {}, "edge.artifacts", "unknown kind", id="artifact-kind"),
+        pytest.param("", {"FEDGE_EDGE__NUM_THREADS": "x"}, "edge.num_threads", "expected int", id="env-type"),
+        pytest.param("", {"FEDGE_EDGE__SMOKE_TEST": "maybe"}, "edge.smoke_test", "boolean", id="env-bool"),
+        pytest.param("edge = 3\n", {}, "edge", "expected a table", id="not-a-table"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, text, env, key, match):
+    path = _toml(tmp_path, text)
+
+    with pytest.raises(ConfigError, match=match) as info:
+        EdgeConfig.load(path, env=env)
+
+    assert info.value.key == key
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        EdgeConfig.load(_toml(tmp_path, "[edge\n"), env={})
+    with pytest.raises(ConfigError, match="not found"):
+        EdgeConfig.load(tmp_path / "nope.toml", env={})
+
+
+def test_direct_construction_is_validated_too():
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        EdgeConfig(max_batch_size=0)
