@@ -13,8 +13,24 @@ FedgeError
 │   └── ModelIntegrityError     a file is missing, truncated, corrupted or tampered with
 ├── BackendUnavailable          the runtime package or execution provider is not installed
 ├── BackendError                the inference engine failed while running a loaded model
-└── ExportError                 the export pipeline cannot produce a model directory
-    └── AccuracyGateFailed      an int8 or pruned artifact lost too much accuracy
+├── ExportError                 the export pipeline cannot produce a model directory
+│   └── AccuracyGateFailed      an int8 or pruned artifact lost too much accuracy
+├── WireFormatError             a payload is malformed, truncated or of the wrong version
+│   └── PayloadTooLarge         a payload is over the size bound (checked before parsing)
+├── CloudError                  the cloud could not give an answer
+│   ├── CloudUnavailable        broker unreachable, circuit open, or no reply
+│   ├── DeadlineExceeded        the request's deadline passed before an answer
+│   ├── Overloaded              the cloud shed the request (queue full)
+│   ├── UnknownModel            the cloud serves no model of that name
+│   └── RemoteError             the cloud answered with an error of another kind
+├── BrokerUnavailable           the Mosquitto binary is missing or the broker did not start
+├── RegistryError               the model registry refused an operation
+│   ├── NotFound                no such model, version, release or device
+│   └── Conflict                the operation contradicts the registry's state
+├── UpdateError                 an over-the-air update did not install
+│   ├── UpdateRejected          metadata or artifact failed verification (TUF, hash, size)
+│   └── SmokeTestFailed         the new model did not load or failed its probe
+└── PrivacyBudgetExhausted      the differential-privacy budget is spent
 ```
 
 Misuse of the API (calling a closed runtime, a negative argument) raises the
@@ -30,7 +46,12 @@ __all__ = [
     "AccuracyGateFailed",
     "BackendError",
     "BackendUnavailable",
+    "BrokerUnavailable",
+    "CloudError",
+    "CloudUnavailable",
     "ConfigError",
+    "Conflict",
+    "DeadlineExceeded",
     "ExportError",
     "FedgeError",
     "InputDtypeError",
@@ -41,6 +62,17 @@ __all__ = [
     "ModelIntegrityError",
     "ModelNotFound",
     "NonFiniteInput",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PrivacyBudgetExhausted",
+    "RegistryError",
+    "RemoteError",
+    "SmokeTestFailed",
+    "UnknownModel",
+    "UpdateError",
+    "UpdateRejected",
+    "WireFormatError",
 ]
 
 
@@ -114,3 +146,71 @@ class AccuracyGateFailed(ExportError):
             f"{artifact}: accuracy {accuracy:.4f} is {drop:.2f} points below the fp32 "
             f"reference {reference:.4f}; the gate allows {max_drop_pt:.2f}"
         )
+
+
+class WireFormatError(FedgeError):
+    """A payload is malformed, truncated or of an unsupported version."""
+
+
+class PayloadTooLarge(WireFormatError):
+    """A payload is larger than the configured bound; it was not parsed."""
+
+
+class CloudError(FedgeError):
+    """The cloud could not give an answer."""
+
+
+class CloudUnavailable(CloudError):
+    """The broker is unreachable, the circuit is open, or no reply came."""
+
+
+class DeadlineExceeded(CloudError):
+    """The request's deadline passed before an answer."""
+
+
+class Overloaded(CloudError):
+    """The cloud shed the request because its queue is full."""
+
+
+class UnknownModel(CloudError):
+    """The cloud serves no model of that name."""
+
+
+class RemoteError(CloudError):
+    """The cloud answered with an error; ``code`` says which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
+class BrokerUnavailable(FedgeError):
+    """The Mosquitto binary is missing or the broker did not start."""
+
+
+class RegistryError(FedgeError):
+    """The model registry refused an operation."""
+
+
+class NotFound(RegistryError):
+    """No such model, version, release or device."""
+
+
+class Conflict(RegistryError):
+    """The operation contradicts the registry's current state."""
+
+
+class UpdateError(FedgeError):
+    """An over-the-air update did not install; the device keeps its current model."""
+
+
+class UpdateRejected(UpdateError):
+    """Release metadata or an artifact failed verification."""
+
+
+class SmokeTestFailed(UpdateError):
+    """The downloaded model did not load or did not reproduce its probe output."""
+
+
+class PrivacyBudgetExhausted(FedgeError):
+    """The differential-privacy budget (epsilon) is spent; no further round may run."""

@@ -42,3 +42,21 @@ def model_dir(tmp_path_factory, digits_model, digits_split) -> Path:
 def model_copy(model_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the model directory, for tests that damage it."""
     return Path(shutil.copytree(model_dir, tmp_path / "digits-v1"))
+
+
+@pytest.fixture
+def broker():
+    """A private Mosquitto on a free loopback port (``set_tcp_nodelay true``); ``broker.restart()`` works."""
+    from sdk.mosquitto import Mosquitto
+
+    with Mosquitto() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def module_broker():
+    """One private Mosquitto shared by a test module."""
+    from sdk.mosquitto import Mosquitto
+
+    with Mosquitto() as running:
+        yield running
