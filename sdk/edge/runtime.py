@@ -196,6 +196,21 @@ class EdgeRuntime:
             latency_ms=latency_ms,
         )
 
+    def swap(self, model: LoadedModel) -> Manifest:
+        """Serve ``model`` from the next call on and release the previous one; return its manifest.
+
+        Calls already running finish on the model they started with: each call reads the
+        model reference once, and a closed engine's session lives until its last call returns.
+        """
+        with self._lock:
+            if self._closed:
+                model.close()
+                raise RuntimeError("the runtime is closed")
+            old, self._model = self._model, model
+        old.close()
+        log.info("now serving %s v%s (was v%s)", model.manifest.name, model.manifest.version, old.manifest.version)
+        return old.manifest
+
     def close(self) -> None:
         """Release the engine; later ``predict`` calls raise ``RuntimeError``."""
         with self._lock:

@@ -129,3 +129,38 @@ def test_missing_litert_package_falls_back_or_fails_typed(model_dir, monkeypatch
 def test_backend_filter_without_matching_artifact(model_dir):
     with pytest.raises(ModelNotFound, match="none of them allowed"):
         EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=("tflite",), backend="onnxruntime"))
+
+
+def test_swap_serves_the_new_model_without_failing_calls(model_dir, model_copy, digits_split):
+    import json
+
+    from sdk.edge import load_model
+
+    data = json.loads((model_copy / "manifest.json").read_text())
+    data["version"] = 2
+    (model_copy / "manifest.json").write_text(json.dumps(data))
+    x = digits_split.x_test[:8]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    with EdgeRuntime.from_model_dir(model_dir) as rt:
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    rt.predict(x)
+                except BaseException as exc:
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        old = rt.swap(load_model(model_copy, rt.config))
+        after = rt.predict(x[0])
+        stop.set()
+        for t in threads:
+            t.join()
+
+    assert errors == []
+    assert old.version == 1
+    assert after.model_version == 2
