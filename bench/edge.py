@@ -31,7 +31,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.mobilenet import MobileNetSpec, cached_model_dir
+from sdk.edge import EdgeConfig, EdgeRuntime
+from sdk.manifest import Manifest, load_manifest
 
 __all__ = ["FULL", "QUICK", "Settings", "interleaved_medians", "main", "raw_session", "run"]
 
@@ -55,8 +56,8 @@ class Settings:
 
 QUICK = Settings(
     quick=True,
-    mobilenet_rounds=40,
-    digits_rounds=500,
+    mobilenet_rounds=60,
+    digits_rounds=2000,
     warmup=5,
     mobilenet_calibration=16,
     digits_epochs=8,
@@ -64,8 +65,8 @@ QUICK = Settings(
 )
 FULL = Settings(
     quick=False,
-    mobilenet_rounds=300,
-    digits_rounds=5000,
+    mobilenet_rounds=400,
+    digits_rounds=20000,
     warmup=20,
     mobilenet_calibration=64,
     digits_epochs=20,
@@ -140,10 +141,8 @@ def raw_session(path: Path, num_threads: int = 1) -> Callable[[np.ndarray], list
     return lambda x: session.run(outputs, {input_name: x})
 
 
-def open_runtime(model_dir: Path, kind: str, stack: contextlib.ExitStack) -> Any:
+def open_runtime(model_dir: Path, kind: str, stack: contextlib.ExitStack) -> EdgeRuntime:
     """An ``EdgeRuntime`` on one CPU thread serving only the artifact ``kind``, closed with ``stack``."""
-    from sdk.edge import EdgeConfig, EdgeRuntime
-
     config = EdgeConfig(num_threads=1, artifacts=(kind,), providers=("cpu",))
     return stack.enter_context(EdgeRuntime.from_model_dir(model_dir, config))
 
@@ -154,7 +153,7 @@ def check_same_outputs(sdk_out: np.ndarray, raw_out: np.ndarray, what: str) -> N
         raise AssertionError(f"{what}: EdgeRuntime.predict and the bare session return different outputs")
 
 
-def build_digits(directory: Path, settings: Settings, step: Progress) -> tuple[Any, np.ndarray]:
+def build_digits(directory: Path, settings: Settings, step: Progress) -> tuple[Manifest, np.ndarray]:
     """Train the digits CNN and export it (fp32, int8, LiteRT int8); return its manifest and one test sample."""
     from federation.export.pipeline import ExportConfig, export_model
     from federation.task import DigitsCNN, load_split, set_seed, train
@@ -174,8 +173,6 @@ def build_digits(directory: Path, settings: Settings, step: Progress) -> tuple[A
 
 def measure_mobilenet(model_dir: Path, settings: Settings, step: Progress) -> dict[str, float]:
     """Median latencies of int8 through the SDK, int8 and fp32 through bare sessions, on one 224x224 image."""
-    from sdk.manifest import load_manifest
-
     manifest = load_manifest(model_dir)
     x = np.random.default_rng(SEED + 1).standard_normal(manifest.input.sample_shape, dtype=np.float32)
     batch = x[None]
@@ -186,7 +183,11 @@ def measure_mobilenet(model_dir: Path, settings: Settings, step: Progress) -> di
         check_same_outputs(rt.predict(x).outputs, ort_int8(batch)[0][0], "MobileNetV2 int8")
         step(f"timing MobileNetV2: {settings.mobilenet_rounds} rounds of SDK int8, ORT int8, ORT fp32")
         return interleaved_medians(
-            {"sdk_int8": lambda: rt.predict(x), "ort_int8": lambda: ort_int8(batch), "ort_fp32": lambda: ort_fp32(batch)},
+            {
+                "sdk_int8": lambda: rt.predict(x),
+                "ort_int8": lambda: ort_int8(batch),
+                "ort_fp32": lambda: ort_fp32(batch),
+            },
             settings.mobilenet_rounds,
             settings.warmup,
         )
@@ -194,8 +195,6 @@ def measure_mobilenet(model_dir: Path, settings: Settings, step: Progress) -> di
 
 def measure_digits(model_dir: Path, sample: np.ndarray, settings: Settings, step: Progress) -> dict[str, float]:
     """Median latencies of one digits sample: SDK int8, SDK LiteRT and a bare int8 session."""
-    from sdk.manifest import load_manifest
-
     manifest = load_manifest(model_dir)
     batch = sample[None]
     with contextlib.ExitStack() as stack:
@@ -215,7 +214,7 @@ def measure_digits(model_dir: Path, sample: np.ndarray, settings: Settings, step
         )
 
 
-def sizes(manifest: Any) -> dict[str, int]:
+def sizes(manifest: Manifest) -> dict[str, int]:
     """Bytes of each artifact, by kind."""
     return {kind: a.size for kind, a in sorted(manifest.artifacts.items())}
 
@@ -229,28 +228,26 @@ def run(settings: Settings, cache_root: Path | None, step: Progress) -> dict[str
     """Build both models (MobileNetV2 in a worker process, cached), time them, and return the report."""
     import onnxruntime
 
+    from bench.mobilenet import MobileNetSpec, cached_model_dir
     from sdk.edge.backends.litert import interpreter_package
-    from sdk.manifest import load_manifest
 
     spec = MobileNetSpec(calibration_samples=settings.mobilenet_calibration, seed=SEED)
-    with (
-        tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp,
-        ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool,
-    ):
-        # The MobileNetV2 export is slow single-threaded Python: overlap it with the digits training.
-        mobilenet: Future[tuple[Path, bool]] = pool.submit(
-            cached_model_dir, spec, cache_root or Path(tmp) / "cache", Progress(step.start, "[mobilenet] ")
-        )
-        digits_dir = Path(tmp) / "digits"
-        digits_manifest, sample = build_digits(digits_dir, settings, step)
-        mobilenet_dir, was_cached = mobilenet.result()
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            # The MobileNetV2 export is slow single-threaded Python: overlap it with the digits training.
+            mobilenet: Future[tuple[Path, bool]] = pool.submit(
+                cached_model_dir, spec, cache_root or Path(tmp) / "cache", Progress(step.start, "[mobilenet] ")
+            )
+            digits_dir = Path(tmp) / "digits"
+            digits_manifest, sample = build_digits(digits_dir, settings, step)
+            mobilenet_dir, was_cached = mobilenet.result()
         step(f"MobileNetV2 model dir {'from cache' if was_cached else 'built'}: {mobilenet_dir}")
         mobilenet_manifest = load_manifest(mobilenet_dir)
         mobile_us = measure_mobilenet(mobilenet_dir, settings, step)
         digits_us = measure_digits(digits_dir, sample, settings, step)
 
     mobile_size, digits_size = sizes(mobilenet_manifest), sizes(digits_manifest)
-    acc = {kind: a.accuracy for kind, a in sorted(digits_manifest.artifacts.items())}
+    acc = {kind: round(a.accuracy, 4) for kind, a in sorted(digits_manifest.artifacts.items())}
     report: dict[str, Any] = {
         "sdk_overhead_ratio": ratio(mobile_us["sdk_int8"], mobile_us["ort_int8"]),
         "sdk_overhead_us": round(digits_us["sdk_int8"] - digits_us["ort_int8"], 2),
@@ -331,11 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--cache-dir", type=Path, help="where built MobileNetV2 model dirs are kept")
     cache.add_argument("--no-cache", action="store_true", help="build MobileNetV2 afresh in a temp dir")
     args = parser.parse_args(argv)
+    step = Progress(time.time())
 
     from bench.mobilenet import default_cache_root
 
     cache_root = None if args.no_cache else args.cache_dir or default_cache_root()
-    step = Progress(time.time())
     with stdout_to_stderr() as stdout:
         report = run(QUICK if args.quick else FULL, cache_root, step)
         step("done")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,38 @@ def interpreter_package() -> str | None:
         return None
 
 
-def _quant_params(detail: dict[str, Any]) -> tuple[float, int, np.dtype] | None:
-    dtype = np.dtype(detail["dtype"])
-    scale, zero = detail.get("quantization", (0.0, 0))
-    if dtype.kind not in "iu" or not scale:
-        return None
-    return float(scale), int(zero), dtype
+@dataclass(frozen=True)
+class _Quantization:
+    """Affine int8/uint8 parameters of a tensor, with the clip bounds precomputed for the hot path."""
+
+    scale: np.float32
+    inverse_scale: np.float32
+    zero: np.float32
+    low: float
+    high: float
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, detail: dict[str, Any]) -> _Quantization | None:
+        dtype = np.dtype(detail["dtype"])
+        scale, zero = detail.get("quantization", (0.0, 0))
+        if dtype.kind not in "iu" or not scale:
+            return None
+        info = np.iinfo(dtype)
+        return cls(np.float32(scale), np.float32(1.0 / scale), np.float32(zero), info.min, info.max, dtype)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        q = x * self.inverse_scale
+        q += self.zero
+        np.rint(q, out=q)
+        np.clip(q, self.low, self.high, out=q)
+        return q.astype(self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        x = q.astype(np.float32)
+        x -= self.zero
+        x *= self.scale
+        return x
 
 
 class LiteRTBackend(Backend):
@@ -67,8 +94,8 @@ class LiteRTBackend(Backend):
         self._input, self._output = inp["index"], out["index"]
         self._shape = tuple(int(d) for d in inp["shape"])
         # A fully int8 model takes and returns int8: (de)quantize at the boundary with its own scales.
-        self._in_quant = _quant_params(inp)
-        self._out_quant = _quant_params(out)
+        self._in_quant = _Quantization.of(inp)
+        self._out_quant = _Quantization.of(out)
         self._resizable = True
         # The interpreter holds its tensors in place: one invocation at a time.
         self._lock = threading.Lock()
@@ -101,15 +128,12 @@ class LiteRTBackend(Backend):
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
         if self._in_quant is not None:
-            scale, zero, dtype = self._in_quant
-            info = np.iinfo(dtype)
-            batch = np.clip(np.round(batch / scale + zero), info.min, info.max).astype(dtype)
+            batch = self._in_quant.quantize(batch)
         self._interp.set_tensor(self._input, batch)
         self._interp.invoke()
         out = self._interp.get_tensor(self._output)
         if self._out_quant is not None:
-            scale, zero, _ = self._out_quant
-            return (out.astype(np.float32) - zero) * np.float32(scale)
+            return self._out_quant.dequantize(out)
         return out.copy()
 
     def close(self) -> None:
