@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -24,8 +25,9 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: str | os.PathLike[st
     """Export ``model`` to one self-contained ONNX file with a dynamic batch dimension."""
     model = model.eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter narrates every step on stdout and warns about optional torchvision ops.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        # The exporter narrates every step on stdout; keep the caller's console clean.
         with contextlib.redirect_stdout(io.StringIO()):
             torch.onnx.export(
                 model,

@@ -6,7 +6,11 @@ device with only the edge extra can run ``fedge predict`` and ``fedge info``.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# LiteRT and litert-torch log through absl in C++; keep the console for our own output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer
 
