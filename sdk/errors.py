@@ -23,6 +23,7 @@ FedgeError
 │   ├── Overloaded              the cloud shed the request (queue full)
 │   ├── UnknownModel            the cloud serves no model of that name
 │   └── RemoteError             the cloud answered with an error of another kind
+├── Unauthorized                a request carried no valid API key
 ├── BrokerUnavailable           the Mosquitto binary is missing or the broker did not start
 ├── RegistryError               the model registry refused an operation
 │   ├── NotFound                no such model, version, release or device
@@ -69,6 +70,7 @@ __all__ = [
     "RegistryError",
     "RemoteError",
     "SmokeTestFailed",
+    "Unauthorized",
     "UnknownModel",
     "UpdateError",
     "UpdateRejected",
@@ -182,6 +184,10 @@ class RemoteError(CloudError):
     def __init__(self, code: str, message: str) -> None:
         self.code = code
         super().__init__(f"{code}: {message}")
+
+
+class Unauthorized(FedgeError):
+    """A request carried no valid API key."""
 
 
 class BrokerUnavailable(FedgeError):

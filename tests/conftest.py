@@ -60,3 +60,58 @@ def module_broker():
 
     with Mosquitto() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def service(model_dir):
+    """The cloud's inference service on the model directory's fp32 artifact."""
+    from sdk.cloud.inference import InferenceService
+
+    svc = InferenceService.from_model_dir(model_dir)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def cloud(module_broker, service):
+    """A broker with two inference workers sharing one subscription; ``cloud.settings`` reaches it."""
+    from types import SimpleNamespace
+
+    from sdk.cloud.worker import InferenceWorker
+    from sdk.mqtt import MqttSettings
+
+    settings = MqttSettings.from_address(module_broker.address)
+    services = {service.name: service}
+    workers = [
+        InferenceWorker(services, settings, worker_id=f"w{i}", max_payload_bytes=256 * 1024).start() for i in range(2)
+    ]
+    yield SimpleNamespace(broker=module_broker, settings=settings, service=service, workers=workers)
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def slow(monkeypatch):
+    """Fault injection: make a service's model take ``delay`` seconds per batch (a real model cannot on demand).
+
+    ``svc.busy`` is set while a batch runs.
+    """
+    import threading
+    import time
+
+    def apply(svc, delay: float):
+        run = svc.batcher._run
+        svc.busy = threading.Event()
+
+        def slowed(x):
+            svc.busy.set()
+            time.sleep(delay)
+            try:
+                return run(x)
+            finally:
+                svc.busy.clear()
+
+        monkeypatch.setattr(svc.batcher, "_run", slowed)
+        return svc
+
+    return apply

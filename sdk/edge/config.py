@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from sdk.config import check, load_section
+from sdk.edge.fallback import MODES, Mode
 from sdk.manifest import ARTIFACT_KINDS
 
 __all__ = ["EdgeConfig"]
@@ -21,6 +22,12 @@ class EdgeConfig:
     ``artifacts`` is the order in which artifact kinds are tried; ``backend`` limits
     the choice to one engine; ``providers`` is ONNX Runtime's execution-provider
     preference (aliases ``tensorrt``, ``cuda``, ``cpu`` or full names).
+
+    ``fallback`` is the cloud policy (see :mod:`sdk.edge.fallback`); it applies when the
+    runtime has a cloud client. ``confidence_threshold`` overrides the manifest's calibrated
+    one; ``deadline_ms`` bounds every call that involves the cloud; ``cache_size`` > 0
+    turns on the LRU result cache; ``model_name`` is what the cloud is asked for when
+    there is no local model (else the manifest's name).
     """
 
     artifacts: tuple[str, ...] = ("onnx-int8", "onnx-fp32", "tflite")
@@ -32,6 +39,11 @@ class EdgeConfig:
     max_batch_size: int = 256
     smoke_test: bool = True
     cache_dir: Path | None = None
+    fallback: Mode = "edge-first"
+    confidence_threshold: float | None = None
+    deadline_ms: float = 500.0
+    cache_size: int = 0
+    model_name: str | None = None
 
     def __post_init__(self) -> None:
         check(bool(self.artifacts), "artifacts", "needs at least one artifact kind")
@@ -46,6 +58,14 @@ class EdgeConfig:
         check(
             1 <= self.max_batch_size <= 1 << 16, "max_batch_size", f"must be within 1..65536, got {self.max_batch_size}"
         )
+        check(self.fallback in MODES, "fallback", f"expected one of {', '.join(MODES)}, got {self.fallback!r}")
+        check(
+            self.confidence_threshold is None or 0.0 <= self.confidence_threshold <= 1.0,
+            "confidence_threshold",
+            f"must be within [0, 1], got {self.confidence_threshold}",
+        )
+        check(0 < self.deadline_ms <= 600_000, "deadline_ms", f"must be within (0, 600000], got {self.deadline_ms}")
+        check(0 <= self.cache_size <= 1_000_000, "cache_size", f"must be within 0..1000000, got {self.cache_size}")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> EdgeConfig:

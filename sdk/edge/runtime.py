@@ -9,15 +9,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from sdk.edge.backends import BACKEND_FOR_KIND, Backend, open_backend
+from sdk.edge.cache import ResultCache, input_key
 from sdk.edge.config import EdgeConfig
+from sdk.edge.fallback import cloud_budget, low_confidence, resolve_threshold
 from sdk.edge.inputs import InputPolicy
-from sdk.edge.prediction import BatchPrediction, Prediction, confidences
-from sdk.errors import BackendUnavailable, ModelIntegrityError, ModelNotFound
+from sdk.edge.prediction import BatchPrediction, Prediction, Source, confidences
+from sdk.errors import BackendError, BackendUnavailable, CloudError, ModelIntegrityError, ModelNotFound, RemoteError
 from sdk.manifest import Artifact, Manifest, load_manifest, load_probe, verify_files
+from sdk.wire import Message
+
+if TYPE_CHECKING:  # the MQTT client is imported only by those who use the cloud
+    from sdk.edge.cloud_client import CloudClient
 
 __all__ = ["EdgeRuntime", "LoadedModel", "load_model"]
 
@@ -114,26 +121,43 @@ def smoke_test(model: LoadedModel) -> None:
 
 
 class EdgeRuntime:
-    """Runs a model directory's best artifact on this device.
+    """Runs a model directory's best artifact on this device, with the cloud as its fallback.
 
     ```python
     with EdgeRuntime.from_model_dir("models/digits") as rt:
         result = rt.predict(image)          # one (1, 8, 8) sample -> Prediction
         print(result.label, result.confidence, result.source)
     ```
+
+    Give it a started :class:`~sdk.edge.cloud_client.CloudClient` (``cloud=``) and the
+    fallback policy of ``config.fallback`` applies; the runtime owns the client and closes it.
     """
 
-    def __init__(self, model: LoadedModel, config: EdgeConfig | None = None) -> None:
+    def __init__(
+        self, model: LoadedModel | None, config: EdgeConfig | None = None, *, cloud: CloudClient | None = None
+    ) -> None:
+        """Serve ``model`` (None: no local model yet, the cloud answers until one is swapped in)."""
         self._config = config or EdgeConfig()
         self._model = model
+        self._cloud = cloud
+        self._cache: ResultCache[_Answer] | None = (
+            ResultCache(self._config.cache_size) if self._config.cache_size else None
+        )
+        self._local_s = 0.0  # a running estimate of one local call, to keep room for it before the deadline
         self._closed = False
         self._lock = threading.Lock()
+        if model is None and cloud is None:
+            raise ValueError("a runtime needs a model, a cloud client, or both")
+        if model is None and not self._config.model_name:
+            raise ValueError("without a local model, config.model_name says which cloud model to ask")
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | os.PathLike[str], config: EdgeConfig | None = None) -> EdgeRuntime:
+    def from_model_dir(
+        cls, model_dir: str | os.PathLike[str], config: EdgeConfig | None = None, *, cloud: CloudClient | None = None
+    ) -> EdgeRuntime:
         """Verify and load ``model_dir``; see :func:`load_model` for what it raises."""
         config = config or EdgeConfig()
-        return cls(load_model(model_dir, config), config)
+        return cls(load_model(model_dir, config), config, cloud=cloud)
 
     @property
     def config(self) -> EdgeConfig:
@@ -141,62 +165,146 @@ class EdgeRuntime:
         return self._config
 
     @property
+    def model(self) -> LoadedModel | None:
+        """The local model being served, if any."""
+        return self._model
+
+    @property
     def manifest(self) -> Manifest:
-        """Manifest of the model being served."""
-        return self._model.manifest
+        """Manifest of the local model being served."""
+        return self._require_model().manifest
 
     @property
     def artifact(self) -> Artifact:
         """The artifact being served."""
-        return self._model.artifact
+        return self._require_model().artifact
 
     @property
     def backend(self) -> Backend:
         """The engine running the artifact."""
-        return self._model.backend
+        return self._require_model().backend
+
+    @property
+    def cloud(self) -> CloudClient | None:
+        """The cloud client, when there is one."""
+        return self._cloud
+
+    @property
+    def cache(self) -> ResultCache | None:
+        """The result cache, when ``cache_size`` turned it on."""
+        return self._cache
 
     @property
     def num_threads(self) -> int:
         """Threads the engine may use per call (0: the engine's default)."""
         return self._config.num_threads
 
+    @property
+    def confidence_threshold(self) -> float:
+        """The threshold below which ``edge-first`` asks the cloud."""
+        model = self._model
+        return resolve_threshold(self._config.confidence_threshold, model and model.manifest.confidence_threshold)
+
     def predict(self, x: object) -> Prediction | BatchPrediction:
         """Answer one sample (a :class:`Prediction`) or a batch (a :class:`BatchPrediction`).
 
+        Each answer says its source: ``edge``, ``cloud``, or ``edge-degraded`` when the
+        cloud was wanted but could not answer within ``deadline_ms``. Only ``cloud-only``
+        (or a runtime without a local model) raises when the cloud is down.
+
         Raises:
             InvalidInput: wrong shape, a dtype that cannot be cast, or NaN under ``nan_policy="reject"``.
-            BackendError: the engine failed.
+            BackendError: the engine failed and no cloud could stand in.
+            CloudError: under ``cloud-only`` or without a local model, the cloud could not answer.
         """
         start = time.perf_counter()
         model = self._model  # one read: a concurrent model swap never mixes two models in one call
         if self._closed:
             raise RuntimeError("the runtime is closed")
+        if model is None:
+            return self._predict_remote(np.asarray(x), start)
         batch, single = model.inputs.prepare(x)
-        outputs = model.backend.run(batch)
-        probs = confidences(outputs, model.manifest.output_kind)
-        labels = probs.argmax(axis=1)
-        latency_ms = (time.perf_counter() - start) * 1e3
-        version = model.manifest.version
-        if single:
-            label = int(labels[0])
-            return Prediction(
-                outputs=outputs[0],
-                label=label,
-                confidence=float(probs[0, label]),
-                source="edge",
-                model_version=version,
-                latency_ms=latency_ms,
-            )
-        return BatchPrediction(
-            outputs=outputs,
-            labels=labels,
-            confidences=probs[np.arange(len(labels)), labels],
-            sources=("edge",) * len(labels),
-            model_version=version,
-            latency_ms=latency_ms,
-        )
+        mode = self._config.fallback if self._cloud is not None else "edge-only"
+        key = None
+        if self._cache is not None:
+            key = input_key(batch, model.manifest.version)
+            cached = self._cache.get(key)
+            if cached is not None:
+                return _result(*cached, model.manifest, single, start)
+        if mode == "edge-only":
+            answer = _Answer(model.backend.run(batch), None, None)
+        elif mode == "edge-first":
+            answer = self._edge_first(model, batch, start)
+        else:
+            answer = self._cloud_first(model, batch, start, mode)
+        if key is not None and (answer.sources is None or "edge-degraded" not in answer.sources):
+            self._cache.put(key, answer)  # a degraded answer is not kept: the cloud may be back next time
+        return _result(*answer, model.manifest, single, start)
 
-    def swap(self, model: LoadedModel) -> Manifest:
+    def _edge_first(self, model: LoadedModel, batch: np.ndarray, start: float) -> _Answer:
+        try:
+            t0 = time.perf_counter()
+            outputs = model.backend.run(batch)
+            self._local_s = 0.8 * self._local_s + 0.2 * (time.perf_counter() - t0)
+        except BackendError as exc:
+            log.warning("local engine failed (%s); asking the cloud", exc)
+            reply = self._ask_cloud(model.manifest.name, batch, start)
+            return _Answer(reply.tensor, ("cloud",) * len(batch), reply.model_version)
+        probs = confidences(outputs, model.manifest.output_kind)
+        low = low_confidence(probs.max(axis=1), self.confidence_threshold)
+        if not low.any():
+            return _Answer(outputs, None, None)
+        sources = np.full(len(batch), "edge", dtype=object)
+        try:
+            reply = self._ask_cloud(model.manifest.name, batch[low], start)
+            if reply.tensor.shape != (int(low.sum()), *outputs.shape[1:]):
+                raise RemoteError("bad_reply", f"the cloud answered with shape {reply.tensor.shape}")
+        except CloudError as exc:
+            log.debug("cloud fallback failed: %s", exc)
+            sources[low] = "edge-degraded"
+            return _Answer(outputs, tuple(sources), None)
+        outputs = outputs.copy()
+        outputs[low] = reply.tensor
+        sources[low] = "cloud"
+        return _Answer(outputs, tuple(sources), None)
+
+    def _cloud_first(self, model: LoadedModel, batch: np.ndarray, start: float, mode: str) -> _Answer:
+        try:
+            reply = self._ask_cloud(model.manifest.name, batch, start, reserve_s=2 * self._local_s)
+            if reply.tensor.shape[0] != len(batch):
+                raise RemoteError("bad_reply", f"the cloud answered with shape {reply.tensor.shape}")
+            return _Answer(reply.tensor, ("cloud",) * len(batch), reply.model_version)
+        except CloudError:
+            if mode == "cloud-only":
+                raise
+        t0 = time.perf_counter()
+        outputs = model.backend.run(batch)
+        self._local_s = 0.8 * self._local_s + 0.2 * (time.perf_counter() - t0)
+        return _Answer(outputs, ("edge-degraded",) * len(batch), None)
+
+    def _predict_remote(self, x: np.ndarray, start: float) -> Prediction | BatchPrediction:
+        if self._config.fallback == "edge-only":
+            raise ModelNotFound("no local model is loaded and the fallback mode is edge-only")
+        name = self._config.model_name or ""
+        reply = self._ask_cloud(name, x, start)
+        out = reply.tensor
+        single = out.ndim == 1
+        batch_out = out[None] if single else out
+        answer = _Answer(batch_out, ("cloud",) * len(batch_out), reply.model_version)
+        return _result(*answer, None, single, start)
+
+    def _ask_cloud(self, model_name: str, batch: np.ndarray, start: float, reserve_s: float = 0.0) -> Message:
+        assert self._cloud is not None
+        budget = cloud_budget(self._config.deadline_ms / 1000.0, time.perf_counter() - start, reserve_s)
+        return self._cloud.infer(self._config.model_name or model_name, batch, timeout_s=budget)
+
+    def _require_model(self) -> LoadedModel:
+        model = self._model
+        if model is None:
+            raise ModelNotFound("no local model is loaded")
+        return model
+
+    def swap(self, model: LoadedModel) -> Manifest | None:
         """Serve ``model`` from the next call on and release the previous one; return its manifest.
 
         Calls already running finish on the model they started with: each call reads the
@@ -207,16 +315,25 @@ class EdgeRuntime:
                 model.close()
                 raise RuntimeError("the runtime is closed")
             old, self._model = self._model, model
+        if self._cache is not None:
+            self._cache.clear()
+        if old is None:
+            log.info("now serving %s v%s", model.manifest.name, model.manifest.version)
+            return None
         old.close()
         log.info("now serving %s v%s (was v%s)", model.manifest.name, model.manifest.version, old.manifest.version)
         return old.manifest
 
     def close(self) -> None:
-        """Release the engine; later ``predict`` calls raise ``RuntimeError``."""
+        """Release the engine and the cloud client; later ``predict`` calls raise ``RuntimeError``."""
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._model.close()
+            if self._closed:
+                return
+            self._closed = True
+        if self._model is not None:
+            self._model.close()
+        if self._cloud is not None:
+            self._cloud.close()
 
     def __enter__(self) -> EdgeRuntime:
         return self
@@ -228,3 +345,43 @@ class EdgeRuntime:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _Answer(NamedTuple):
+    outputs: np.ndarray
+    sources: tuple[Source, ...] | None  # None: every row from the local model
+    cloud_version: int | None
+
+
+def _result(
+    outputs: np.ndarray,
+    sources: tuple[Source, ...] | None,
+    cloud_version: int | None,
+    manifest: Manifest | None,
+    single: bool,
+    start: float,
+) -> Prediction | BatchPrediction:
+    probs = confidences(outputs, manifest.output_kind if manifest else "logits")
+    labels = probs.argmax(axis=1)
+    version = manifest.version if manifest else cloud_version
+    if sources is not None and cloud_version is not None and all(s == "cloud" for s in sources):
+        version = cloud_version
+    latency_ms = (time.perf_counter() - start) * 1e3
+    if single:
+        label = int(labels[0])
+        return Prediction(
+            outputs=outputs[0],
+            label=label,
+            confidence=float(probs[0, label]),
+            source=sources[0] if sources else "edge",
+            model_version=version,
+            latency_ms=latency_ms,
+        )
+    return BatchPrediction(
+        outputs=outputs,
+        labels=labels,
+        confidences=probs[np.arange(len(labels)), labels],
+        sources=sources or ("edge",) * len(labels),
+        model_version=version,
+        latency_ms=latency_ms,
+    )

@@ -1,0 +1,55 @@
+"""Settings of the cloud service, the ``[cloud]`` table of ``fedge.toml``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdk import topics, wire
+from sdk.cloud.batching import BatcherConfig
+from sdk.config import check, load_section
+
+__all__ = ["CloudConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudConfig:
+    """What the HTTP endpoint and the MQTT workers serve, and how.
+
+    ``api_keys`` guards every ``/v1`` route when it is not empty (header ``X-API-Key``);
+    it never appears in ``repr`` or logs. ``FEDGE_CLOUD__API_KEYS=k1,k2`` sets it.
+    """
+
+    model_dirs: tuple[Path, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    max_body_bytes: int = wire.DEFAULT_MAX_BYTES
+    group: str = "cloud"
+    providers: tuple[str, ...] = ("cuda", "cpu")
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 0.0
+    max_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        check(1 <= self.port <= 65535, "port", f"must be within 1..65535, got {self.port}")
+        check(1024 <= self.max_body_bytes <= 1 << 30, "max_body_bytes", "must be within 1 KiB..1 GiB")
+        check(all(len(k) >= 16 for k in self.api_keys), "api_keys", "every key must have at least 16 characters")
+        try:
+            topics.check_segment(self.group, "group")
+        except ValueError as exc:
+            check(False, "group", str(exc))
+        self.batcher()  # validates the batching keys, naming them
+
+    def batcher(self) -> BatcherConfig:
+        """The batching part of these settings."""
+        return BatcherConfig(
+            max_batch_size=self.max_batch_size, max_queue_delay_ms=self.max_queue_delay_ms, max_queue=self.max_queue
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> CloudConfig:
+        """Load ``[cloud]`` from a TOML file and ``FEDGE_CLOUD__*`` environment variables."""
+        return load_section(cls, "cloud", path, env)

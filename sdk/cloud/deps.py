@@ -1,0 +1,59 @@
+"""FastAPI dependencies: the service state, the model a route names, and API-key authentication."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from sdk.cloud.config import CloudConfig
+from sdk.cloud.inference import InferenceService
+from sdk.cloud.metrics import ServiceMetrics
+from sdk.errors import Unauthorized, UnknownModel
+
+__all__ = ["AppState", "Authorized", "ServiceFor", "State", "get_state"]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of the configured API keys.")
+
+
+@dataclass(frozen=True)
+class AppState:
+    """What every request handler may use."""
+
+    services: Mapping[str, InferenceService]
+    config: CloudConfig
+    metrics: ServiceMetrics
+
+
+def get_state(request: Request) -> AppState:
+    """The state :func:`sdk.cloud.app.create_app` attached to the app."""
+    return request.app.state.fedge
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def require_api_key(state: State, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """Let the request through when no keys are configured or it carries one of them."""
+    keys = state.config.api_keys
+    # compare_digest against every key: the time taken does not say which key nearly matched
+    if keys and not any(hmac.compare_digest((key or "").encode(), k.encode()) for k in keys):
+        raise Unauthorized("missing or invalid X-API-Key header")
+
+
+Authorized = Depends(require_api_key)
+
+
+def service_for(name: str, state: State) -> InferenceService:
+    """The service of the model named in the path."""
+    service = state.services.get(name)
+    if service is None:
+        raise UnknownModel(f"no model named {name!r} is served here (see GET /v1/models)")
+    return service
+
+
+ServiceFor = Annotated[InferenceService, Depends(service_for)]

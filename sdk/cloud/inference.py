@@ -1,0 +1,106 @@
+"""A model directory's fp32 artifact served behind a dynamic batcher: what MQTT workers and HTTP share."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+
+import numpy as np
+
+from sdk.cloud.batching import Batcher, BatcherConfig
+from sdk.cloud.metrics import ServiceMetrics
+from sdk.edge.config import EdgeConfig
+from sdk.edge.runtime import LoadedModel, load_model
+from sdk.manifest import Manifest
+
+__all__ = ["InferenceService", "load_services"]
+
+
+class InferenceService:
+    """Validates inputs and answers them in dynamic batches on one loaded model."""
+
+    def __init__(
+        self, model: LoadedModel, config: BatcherConfig | None = None, *, metrics: ServiceMetrics | None = None
+    ) -> None:
+        """Serve ``model``; the batcher thread starts now."""
+        self.model = model
+        self.config = config or BatcherConfig()
+        self.batcher = Batcher(model.backend.run, self.config)
+        if metrics is not None:
+            self.report_to(metrics)
+
+    def report_to(self, metrics: ServiceMetrics) -> None:
+        """Report batch sizes and queue depth to ``metrics`` (the last one given wins)."""
+        name = self.name
+        metrics.queue_depth.track(self.batcher.depth, model=name)
+        self.batcher.on_batch = lambda size: metrics.batch_size.observe(size, model=name)
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        model_dir: str | os.PathLike[str],
+        config: BatcherConfig | None = None,
+        *,
+        providers: tuple[str, ...] = ("cuda", "cpu"),
+        metrics: ServiceMetrics | None = None,
+    ) -> InferenceService:
+        """Load the fp32 ONNX artifact (CUDA when present, else CPU), verified and smoke-tested."""
+        edge = EdgeConfig(artifacts=("onnx-fp32",), providers=providers)
+        return cls(load_model(model_dir, edge), config, metrics=metrics)
+
+    @property
+    def name(self) -> str:
+        """The served model's name (the ``<model>`` of its topic and route)."""
+        return self.model.manifest.name
+
+    @property
+    def manifest(self) -> Manifest:
+        """The served model's manifest (name, version, input spec)."""
+        return self.model.manifest
+
+    @property
+    def ready(self) -> bool:
+        """Whether requests are being taken."""
+        return self.batcher.alive
+
+    def submit(
+        self, x: object, *, deadline_s: float | None = None, priority: int = 0
+    ) -> tuple[Future[np.ndarray], bool]:
+        """Queue one sample or a batch; return its future and whether it was one sample.
+
+        Raises:
+            InvalidInput: at once, for a wrong shape, dtype or a non-finite value.
+            Overloaded: at once, when the queue is full.
+        The future raises DeadlineExceeded when the deadline passes while queued.
+        """
+        batch, single = self.model.inputs.prepare(x)
+        return self.batcher.submit(batch, deadline_s=deadline_s, priority=priority), single
+
+    def close(self) -> None:
+        """Stop batching and release the model."""
+        self.batcher.close()
+        self.model.close()
+
+
+def load_services(
+    model_dirs: Iterable[str | os.PathLike[str]],
+    config: BatcherConfig | None = None,
+    *,
+    providers: tuple[str, ...] = ("cuda", "cpu"),
+    metrics: ServiceMetrics | None = None,
+) -> Mapping[str, InferenceService]:
+    """One service per model directory, keyed by model name; a name given twice is an error."""
+    services: dict[str, InferenceService] = {}
+    try:
+        for model_dir in model_dirs:
+            service = InferenceService.from_model_dir(model_dir, config, providers=providers, metrics=metrics)
+            if service.name in services:
+                service.close()
+                raise ValueError(f"two model directories serve the model {service.name!r}")
+            services[service.name] = service
+    except BaseException:
+        for service in services.values():
+            service.close()
+        raise
+    return services

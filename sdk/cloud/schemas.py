@@ -1,0 +1,70 @@
+"""Request and response bodies of the HTTP API (they document themselves in ``/docs``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "TENSOR_MEDIA_TYPE",
+    "ErrorBody",
+    "ErrorDetail",
+    "ModelInfo",
+    "PredictRequest",
+    "PredictResponse",
+    "TensorInfo",
+]
+
+#: Media type of a binary body: the wire format of :mod:`sdk.wire`, as on MQTT.
+TENSOR_MEDIA_TYPE = "application/x-fedge-tensor"
+
+
+class PredictRequest(BaseModel):
+    """A JSON predict request: one sample or a batch as nested lists of numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[Any] = Field(description="One sample (the model's sample shape) or a batch (with a leading axis).")
+    priority: int = Field(0, ge=0, le=9, description="Higher leaves the queue first.")
+    deadline_ms: float | None = Field(None, gt=0, le=600_000, description="Drop the request if not run by then.")
+
+
+class PredictResponse(BaseModel):
+    """Outputs, labels and confidences, one row per sample."""
+
+    model: str
+    model_version: int
+    outputs: list[list[float]]
+    labels: list[int]
+    confidences: list[float]
+
+
+class TensorInfo(BaseModel):
+    """Name, dtype and shape of a model input (``-1``: any batch size)."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+
+
+class ModelInfo(BaseModel):
+    """A model this service answers for."""
+
+    name: str
+    version: int
+    input: TensorInfo
+    labels: list[str]
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a code from the wire format's list and a message."""
+
+    code: str = Field(description="bad_request, unknown_model, overloaded, deadline, internal or unauthorized")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail

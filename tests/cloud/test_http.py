@@ -1,0 +1,179 @@
+"""The HTTP endpoint through a real uvicorn server: routes, auth, errors, metrics, docs."""
+
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from sdk import wire
+from sdk.cloud.app import create_app
+from sdk.cloud.batching import BatcherConfig
+from sdk.cloud.config import CloudConfig
+from sdk.cloud.inference import InferenceService
+from sdk.cloud.schemas import TENSOR_MEDIA_TYPE
+from sdk.cloud.server import BackgroundServer
+from sdk.edge import EdgeConfig, EdgeRuntime
+
+KEY = "test-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def server(service):
+    config = CloudConfig(api_keys=(KEY,), max_body_bytes=64 * 1024)
+    with BackgroundServer(create_app({service.name: service}, config)) as running:
+        yield running
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": KEY}, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def fp32(model_dir):
+    with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=("onnx-fp32",))) as rt:
+        yield rt
+
+
+def test_health_and_readiness_need_no_key(server):
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["models"] == ["digits"]
+
+
+def test_v1_routes_need_the_key(server):
+    for headers in ({}, {"X-API-Key": "wrong-key-0123456789abcdef"}):
+        response = httpx.get(f"{server.url}/v1/models", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthorized"
+    response = httpx.post(f"{server.url}/v1/models/digits/predict", json={"inputs": [[[0.0] * 8] * 8]})
+    assert response.status_code == 401
+
+
+def test_list_models(http, service):
+    (model,) = http.get("/v1/models").json()
+    assert model["name"] == "digits"
+    assert model["version"] == service.manifest.version
+    assert model["input"]["shape"] == [-1, 1, 8, 8]
+
+
+def test_json_predict_matches_the_fp32_model(http, digits_split, fp32):
+    x = digits_split.x_test[:5]
+    body = http.post("/v1/models/digits/predict", json={"inputs": x.tolist()}).json()
+    expected = fp32.predict(x)
+    np.testing.assert_allclose(body["outputs"], expected.outputs, rtol=1e-4, atol=1e-4)
+    assert body["labels"] == expected.labels.tolist()
+    one = http.post("/v1/models/digits/predict", json={"inputs": x[0].tolist(), "priority": 3}).json()
+    assert one["labels"] == [expected.labels[0]]
+
+
+def test_binary_predict_speaks_the_wire_format(http, digits_split, fp32):
+    x = digits_split.x_test[:3]
+    payload = wire.encode(wire.request("digits", x))
+    response = http.post("/v1/models/digits/predict", content=payload, headers={"Content-Type": TENSOR_MEDIA_TYPE})
+    assert response.headers["content-type"] == TENSOR_MEDIA_TYPE
+    reply = wire.decode(response.content)
+    np.testing.assert_allclose(reply.tensor, fp32.predict(x).outputs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "text"),
+    [
+        ({"json": {"inputs": [[1.0, 2.0]]}}, 422, "shape"),
+        ({"json": {"inputs": [[1.0], [2.0, 3.0]]}}, 422, "rectangular"),
+        ({"json": {"inputs": "nope"}}, 400, "inputs"),
+        ({"json": {"inputs": [[[0.0] * 8] * 8], "surprise": 1}}, 400, "surprise"),
+        ({"json": {"inputs": [[[0.0] * 8] * 8], "priority": 99}}, 400, "priority"),
+        ({"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "json"),
+        ({"content": b"\x00" * 100, "headers": {"Content-Type": TENSOR_MEDIA_TYPE}}, 400, "magic"),
+        ({"content": b"x" * 70_000, "headers": {"Content-Type": "application/json"}}, 413, "bound"),
+        ({"content": b"a,b", "headers": {"Content-Type": "text/csv"}}, 415, "content-type"),
+        (
+            {
+                "content": wire.encode(wire.request("digits", np.zeros((1, 8, 8), bool))),
+                "headers": {"Content-Type": TENSOR_MEDIA_TYPE},
+            },
+            422,
+            "dtype",
+        ),
+    ],
+    ids=["shape", "ragged", "type", "extra-key", "priority", "bad-json", "bad-wire", "oversized", "media", "dtype"],
+)
+def test_bad_requests_get_4xx_with_a_message(http, kwargs, status, text):
+    response = http.post("/v1/models/digits/predict", **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == "bad_request"
+    assert text in error["message"].lower()
+    assert http.post("/v1/models/digits/predict", json={"inputs": [[[0.0] * 8] * 8]}).status_code == 200
+
+
+def test_unknown_model_is_404(http):
+    response = http.post("/v1/models/nope/predict", json={"inputs": [[[0.0] * 8] * 8]})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_model"
+
+
+def test_metrics_count_requests_and_batches(http):
+    http.post("/v1/models/digits/predict", json={"inputs": [[[0.0] * 8] * 8]})
+    text = http.get("/metrics").text
+    assert 'fedge_requests_total{model="digits",outcome="ok",transport="http"}' in text
+    assert 'fedge_request_latency_seconds_bucket{model="digits",transport="http",le="+Inf"}' in text
+    assert 'fedge_batch_size_bucket{model="digits",le="1"}' in text
+    assert 'fedge_queue_depth{model="digits"} 0' in text
+
+
+def test_openapi_documents_routes_errors_and_auth(server):
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    predict = spec["paths"]["/v1/models/{name}/predict"]["post"]
+    assert {"200", "401", "404", "413", "422", "503", "504"} <= set(predict["responses"])
+    assert set(predict["requestBody"]["content"]) == {"application/json", TENSOR_MEDIA_TYPE}
+    assert "APIKeyHeader" in spec["components"]["securitySchemes"]
+    assert {"/healthz", "/readyz", "/metrics", "/v1/models"} <= set(spec["paths"])
+
+
+def test_overload_is_503_with_retry_after(model_dir, slow):
+    svc = slow(InferenceService.from_model_dir(model_dir, BatcherConfig(max_batch_size=1, max_queue=1)), 0.1)
+    statuses: list[int] = []
+    lock = threading.Lock()
+    try:
+        with BackgroundServer(create_app({svc.name: svc})) as srv:
+
+            def call():
+                r = httpx.post(f"{srv.url}/v1/models/digits/predict", json={"inputs": [[[0.0] * 8] * 8]}, timeout=30)
+                with lock:
+                    statuses.append(r.status_code)
+                    if r.status_code == 503:
+                        assert r.headers["retry-after"] == "1"
+                        assert r.json()["error"]["code"] == "overloaded"
+
+            threads = [threading.Thread(target=call) for _ in range(10)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+    finally:
+        svc.close()
+    assert len(statuses) == 10
+    assert statuses.count(503) >= 3, statuses
+    assert statuses.count(200) >= 1, statuses
+
+
+def test_deadline_passed_in_the_queue_is_504(model_dir, slow):
+    svc = slow(InferenceService.from_model_dir(model_dir, BatcherConfig(max_batch_size=1)), 0.3)
+    try:
+        with BackgroundServer(create_app({svc.name: svc})) as srv:
+            url = f"{srv.url}/v1/models/digits/predict"
+            body = {"inputs": [[[0.0] * 8] * 8]}
+            first = threading.Thread(target=httpx.post, args=(url,), kwargs={"json": body, "timeout": 30})
+            first.start()
+            assert svc.busy.wait(10)
+            late = httpx.post(url, json={**body, "deadline_ms": 50}, timeout=30)
+            first.join(30)
+    finally:
+        svc.close()
+    assert late.status_code == 504
+    assert late.json()["error"]["code"] == "deadline"

@@ -1,0 +1,190 @@
+"""MQTT inference workers on a real Mosquitto: answers, load sharing, typed errors, overload, restarts."""
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from sdk import topics, wire
+from sdk.cloud.batching import BatcherConfig
+from sdk.cloud.inference import InferenceService
+from sdk.cloud.worker import InferenceWorker
+from sdk.edge import EdgeConfig, EdgeRuntime
+from sdk.edge.breaker import CircuitBreaker
+from sdk.edge.cloud_client import CloudClient
+from sdk.errors import CloudUnavailable, DeadlineExceeded, Overloaded, RemoteError, UnknownModel
+from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
+
+
+@pytest.fixture
+def client(cloud):
+    with CloudClient(cloud.settings, device_id=f"t-{uuid.uuid4().hex[:8]}") as c:
+        yield c
+
+
+class RawRequester:
+    """A bare paho client that publishes arbitrary bytes as requests and collects the replies."""
+
+    def __init__(self, settings):
+        self.replies: dict[bytes, wire.Message] = {}
+        self.got = threading.Condition()
+        self.reply_topic = f"fedge/v1/devices/raw-{uuid.uuid4().hex[:6]}/replies"
+        self.client = make_client(settings, f"raw-{uuid.uuid4().hex[:6]}")
+        self.client.on_connect = lambda c, *a: c.subscribe(self.reply_topic, qos=1)
+        self.client.on_message = self._on_message
+        connect(self.client, settings)
+        time.sleep(0.1)  # let the subscription settle
+
+    def _on_message(self, client, userdata, msg):
+        with self.got:
+            self.replies[msg.properties.CorrelationData] = wire.decode(msg.payload)
+            self.got.notify_all()
+
+    def ask(self, topic: str, payload: bytes, timeout: float = 5.0) -> wire.Message:
+        key = uuid.uuid4().hex.encode()
+        props = publish_properties(response_topic=self.reply_topic, correlation=key)
+        self.client.publish(topic, payload, qos=1, properties=props)
+        with self.got:
+            assert self.got.wait_for(lambda: key in self.replies, timeout), "no reply"
+            return self.replies[key]
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_reply_equals_the_fp32_model(cloud, client, model_dir, digits_split):
+    x = digits_split.x_test[:5]
+    reply = client.infer(cloud.service.name, x, timeout_s=5)
+    with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=("onnx-fp32",))) as rt:
+        expected = rt.predict(x).outputs
+    assert reply.kind == "reply"
+    assert reply.source.startswith("cloud:w")
+    assert reply.model_version == cloud.service.manifest.version
+    np.testing.assert_allclose(reply.tensor, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_one_sample_comes_back_without_a_batch_axis(cloud, client, digits_split):
+    reply = client.infer(cloud.service.name, digits_split.x_test[0], timeout_s=5)
+    assert reply.tensor.shape == (10,)
+
+
+def test_two_workers_share_the_load(cloud, client, digits_split):
+    before = [w.answered for w in cloud.workers]
+    for i in range(40):
+        client.infer(cloud.service.name, digits_split.x_test[i], timeout_s=5)
+    served = [w.answered - b for w, b in zip(cloud.workers, before, strict=True)]
+    assert sum(served) == 40
+    assert min(served) >= 5, served
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"", "shorter than"),
+        (b"\x00" * 32, "bad magic"),
+        (b"FDG\x07" + b"\x00" * 8, "version 7"),
+        (wire.encode(wire.request("digits", np.zeros((1, 8, 8), np.float32)))[:-10], "truncated"),
+        (wire.encode(wire.request("digits", np.zeros((1, 9, 9), np.float32))), "shape"),
+        (wire.encode(wire.request("digits", np.zeros((1, 8, 8), bool))), "dtype"),
+        (wire.encode(wire.request("digits", np.full((1, 8, 8), np.nan, np.float32))), "NaN"),
+        (wire.encode(wire.request("digits", np.zeros((600, 1, 8, 8), np.float64))), "bound"),
+        (wire.encode(wire.error_reply("x", "internal", "?")), "expected a request"),
+    ],
+    ids=["empty", "magic", "version", "truncated", "shape", "dtype", "nan", "oversized", "not-a-request"],
+)
+def test_bad_payloads_get_a_typed_error_and_the_worker_goes_on(cloud, client, payload, expected):
+    raw = RawRequester(cloud.settings)
+    try:
+        answer = raw.ask(topics.infer(cloud.service.name), payload)
+    finally:
+        raw.close()
+    assert answer.kind == "error"
+    assert answer.error_code == "bad_request"
+    assert expected.lower() in answer.error_message.lower()
+    assert client.infer(cloud.service.name, np.zeros((1, 8, 8), np.float32), timeout_s=5).kind == "reply"
+
+
+def test_unknown_model_is_a_typed_error(cloud, client):
+    with pytest.raises(UnknownModel, match="serves"):
+        client.infer("no-such-model", np.zeros((1, 8, 8), np.float32), timeout_s=5)
+    assert client.breaker.state == "closed"  # a refusal is not a cloud failure
+
+
+def test_wrong_shape_is_refused_by_the_cloud(cloud, client):
+    with pytest.raises(RemoteError) as info:
+        client.infer(cloud.service.name, np.zeros((2, 3), np.float32), timeout_s=5)
+    assert info.value.code == "bad_request"
+
+
+def test_overload_sheds_with_a_typed_error(broker, model_dir, slow):
+    settings = MqttSettings.from_address(broker.address)
+    svc = slow(InferenceService.from_model_dir(model_dir, BatcherConfig(max_batch_size=1, max_queue=2)), 0.1)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    try:
+        with (
+            InferenceWorker({svc.name: svc}, settings),
+            CloudClient(settings, device_id="flood", breaker=CircuitBreaker(failure_threshold=100)) as client,
+        ):
+
+            def call():
+                try:
+                    client.infer(svc.name, np.zeros((1, 8, 8), np.float32), timeout_s=10)
+                    outcome = "ok"
+                except Overloaded:
+                    outcome = "overloaded"
+                with lock:
+                    outcomes.append(outcome)
+
+            threads = [threading.Thread(target=call) for _ in range(12)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+    finally:
+        svc.close()
+    assert len(outcomes) == 12
+    assert outcomes.count("overloaded") >= 5
+    assert outcomes.count("ok") >= 1
+
+
+def test_no_worker_means_a_deadline_not_a_hang(broker):
+    settings = MqttSettings.from_address(broker.address)
+    with CloudClient(settings, device_id="alone") as client:
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            client.infer("digits", np.zeros((1, 8, 8), np.float32), timeout_s=0.2)
+        assert time.monotonic() - start < 2.0
+
+
+def test_worker_and_device_reconnect_after_a_broker_restart(broker, service, digits_split):
+    settings = MqttSettings.from_address(broker.address)
+    with InferenceWorker({service.name: service}, settings), CloudClient(settings, device_id="survivor") as client:
+        assert client.infer(service.name, digits_split.x_test[0], timeout_s=5).kind == "reply"
+        broker.stop()
+        start = time.monotonic()
+        with pytest.raises((CloudUnavailable, DeadlineExceeded)):
+            client.infer(service.name, digits_split.x_test[0], timeout_s=0.3)
+        assert time.monotonic() - start < 2.0
+        broker.start()
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                reply = client.infer(service.name, digits_split.x_test[0], timeout_s=1)
+                break
+            except (CloudUnavailable, DeadlineExceeded):
+                assert time.monotonic() < deadline, "no answer 15 s after the broker came back"
+                time.sleep(0.1)
+        assert reply.kind == "reply"
+
+
+def test_a_request_without_a_response_topic_is_dropped_quietly(cloud, client):
+    bare = make_client(cloud.settings, "no-reply-topic")
+    connect(bare, cloud.settings)
+    bare.publish(topics.infer(cloud.service.name), b"garbage", qos=1).wait_for_publish(5)
+    bare.disconnect()
+    bare.loop_stop()
+    assert client.infer(cloud.service.name, np.zeros((1, 8, 8), np.float32), timeout_s=5).kind == "reply"
