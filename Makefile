@@ -26,6 +26,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.edge
+	$(BIN)/python -m bench.fallback
+	$(BIN)/python -m bench.batching
+	$(BIN)/python -m bench.http
 
 clean:
 	rm -rf .fedge-demo .pytest_cache .ruff_cache

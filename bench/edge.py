@@ -13,28 +13,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench.harness import Progress, interleaved_medians, ratio, stdout_to_stderr
 from sdk.edge import EdgeConfig, EdgeRuntime
 from sdk.manifest import Manifest, load_manifest
 
-__all__ = ["FULL", "QUICK", "Settings", "interleaved_medians", "main", "raw_session", "run"]
+__all__ = ["FULL", "QUICK", "Settings", "main", "raw_session", "run"]
 
 #: Upper bounds the headline figures should stay within.
 TARGETS: dict[str, float] = {"sdk_overhead_ratio": 1.10, "int8_latency_ratio": 0.55, "int8_size_ratio": 0.30}
@@ -72,58 +71,6 @@ FULL = Settings(
     digits_epochs=20,
     digits_calibration=512,
 )
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Prints timestamped steps to stderr; picklable, so a worker process can report too."""
-
-    start: float
-    prefix: str = ""
-
-    def __call__(self, message: str) -> None:
-        """Print one step."""
-        print(f"[{time.time() - self.start:6.1f}s] {self.prefix}{message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[TextIO]:
-    """Point file descriptor 1 at stderr (native libraries print too); yield a stream on the real stdout."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with os.fdopen(os.dup(saved), "w", encoding="utf-8") as real:
-            yield real
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def interleaved_medians(fns: Mapping[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median microseconds per call of each function, each called once per round in rotating order."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[int]] = {name: [] for name in names}
-    clock = time.perf_counter_ns
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
-                fn = fns[name]
-                t0 = clock()
-                fn()
-                times[name].append(clock() - t0)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return {name: statistics.median(ns) / 1e3 for name, ns in times.items()}
 
 
 def raw_session(path: Path, num_threads: int = 1) -> Callable[[np.ndarray], list[np.ndarray]]:
@@ -217,11 +164,6 @@ def measure_digits(model_dir: Path, sample: np.ndarray, settings: Settings, step
 def sizes(manifest: Manifest) -> dict[str, int]:
     """Bytes of each artifact, by kind."""
     return {kind: a.size for kind, a in sorted(manifest.artifacts.items())}
-
-
-def ratio(numerator: float, denominator: float) -> float:
-    """``numerator / denominator`` rounded to four decimals."""
-    return round(numerator / denominator, 4)
 
 
 def run(settings: Settings, cache_root: Path | None, step: Progress) -> dict[str, Any]:

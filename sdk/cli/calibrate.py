@@ -37,6 +37,10 @@ def calibrate(
     artifact: Annotated[
         str, typer.Option(help="Artifact kind the device runs, e.g. onnx-int8 or tflite.")
     ] = "onnx-int8",
+    cloud_model_dir: Annotated[
+        Path | None,
+        typer.Option("--cloud-model-dir", help="The model the cloud serves (default: this directory's fp32 artifact)."),
+    ] = None,
     write: Annotated[bool, typer.Option("--write/--no-write", help="Store the threshold in manifest.json.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the data split.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
@@ -58,7 +62,7 @@ def calibrate(
         with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=(artifact,))) as rt:
             manifest = rt.manifest
             edge_labels, edge_conf = _run(rt, x, bar, f"edge {artifact}")
-        with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=(CLOUD_ARTIFACT,))) as rt:
+        with EdgeRuntime.from_model_dir(cloud_model_dir or model_dir, EdgeConfig(artifacts=(CLOUD_ARTIFACT,))) as rt:
             cloud_labels, _ = _run(rt, x, bar, f"cloud {CLOUD_ARTIFACT}")
     result = choose(edge_conf, edge_labels == y, cloud_labels == y, target_accuracy, confidence_level=level)
     written = manifest.with_threshold(result.threshold).write(model_dir) if write else None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -19,8 +22,10 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where checkpoints and model directories go.")] = Path(".fedge-demo"),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the reference model.")] = 15,
     sparsity: Annotated[float, typer.Option(help="Fraction of weights pruned before export.")] = 0.5,
+    threshold: Annotated[float, typer.Option(help="Edge-first confidence threshold for the fallback stage.")] = 0.95,
+    cloud: Annotated[bool, typer.Option("--cloud/--no-cloud", help="Run the cloud fallback stage.")] = True,
 ) -> None:
-    """Train the digits model, export it pruned and int8, and run every artifact on the edge runtime."""
+    """Train, export pruned + int8, run every artifact on the device, then fall back to cloud workers over MQTT."""
     from federation.export import ExportConfig, export_model
     from federation.task import DigitsCNN, evaluate, load_split, set_seed, train
     from sdk.edge import EdgeConfig, EdgeRuntime
@@ -29,18 +34,18 @@ def demo(
     set_seed(0)
     model = DigitsCNN()
     with progress() as bar:
-        task = bar.add_task("1/3 training the reference CNN on digits", total=epochs)
+        task = bar.add_task("1/4 training the reference CNN on digits", total=epochs)
         train(model, split.x_train, split.y_train, epochs=epochs, lr=3e-3, on_epoch=lambda *_: bar.advance(task))
         _, torch_acc = evaluate(model, split.x_test, split.y_test)
-        step = bar.add_task("2/3 export", total=None)
+        step = bar.add_task("2/4 export", total=None)
         model_dir = workdir / "models" / "digits-v1"
         config = ExportConfig(version=1, sparsity=sparsity, overwrite=True)
         manifest = export_model(
-            model, model_dir, split, config, on_step=lambda m: bar.update(step, description=f"2/3 {m}")
+            model, model_dir, split, config, on_step=lambda m: bar.update(step, description=f"2/4 {m}")
         )
-        bar.update(step, description="2/3 export", total=1, completed=1)
+        bar.update(step, description="2/4 export", total=1, completed=1)
         kinds = list(manifest.artifacts)
-        run = bar.add_task("3/3 edge runtime over the test split", total=len(kinds) * len(split.y_test))
+        run = bar.add_task("3/4 edge runtime over the test split", total=len(kinds) * len(split.y_test))
         rows = []
         for kind in kinds:
             with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=(kind,), num_threads=1)) as rt:
@@ -67,6 +72,106 @@ def demo(
         f"torch fp32 before pruning: {torch_acc:.4f}; pruned to {manifest.sparsity:.0%} sparsity; "
         f"model directory: {model_dir}"
     )
+    if cloud:
+        cloud_stage(model_dir, split.x_test, split.y_test, threshold)
+
+
+def cloud_stage(model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float) -> None:
+    """Two worker processes and the HTTP endpoint behind a private broker; edge, cloud and degraded answers."""
+    import secrets
+
+    import httpx
+
+    from sdk.cloud.app import create_app
+    from sdk.cloud.config import CloudConfig
+    from sdk.cloud.inference import load_services
+    from sdk.cloud.server import BackgroundServer
+    from sdk.edge import EdgeConfig, EdgeRuntime
+    from sdk.edge.cloud_client import CloudClient
+    from sdk.mosquitto import Mosquitto
+    from sdk.mqtt import MqttSettings
+
+    records: list[tuple[str, bool, float]] = []
+    with contextlib.ExitStack() as stack, progress() as bar:
+        step = bar.add_task("4/4 cloud: private Mosquitto, two workers, HTTP endpoint", total=None)
+        broker = stack.enter_context(Mosquitto())
+        settings = MqttSettings.from_address(broker.address)
+        command = [sys.executable, "-m", "sdk.cli", "cloud", "worker", "-m", str(model_dir), "--broker", broker.address]
+        workers = [
+            subprocess.Popen([*command, "--id", f"demo-{i}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i in (1, 2)
+        ]
+        stack.callback(_stop_all, workers)
+        key = secrets.token_urlsafe(24)
+        services = load_services([model_dir], providers=("cpu",))
+        stack.callback(lambda: [s.close() for s in services.values()])
+        server = stack.enter_context(BackgroundServer(create_app(services, CloudConfig(api_keys=(key,)))))
+        client = CloudClient(settings, device_id="demo-device").start(wait=True)
+        config = EdgeConfig(num_threads=1, confidence_threshold=threshold, deadline_ms=250)
+        rt = stack.enter_context(EdgeRuntime.from_model_dir(model_dir, config, cloud=client))
+        _wait_for_workers(client, rt.manifest.name, x[0])
+        bar.update(step, description=f"4/4 edge-first at threshold {threshold}: the test split, one image per call")
+        bar.update(step, total=len(y) + 20, completed=0)
+        for image, label in zip(x, y, strict=True):
+            t0 = time.perf_counter()
+            result = rt.predict(image)
+            records.append((result.source, result.label == label, (time.perf_counter() - t0) * 1e3))
+            bar.advance(step)
+        http = httpx.post(
+            f"{server.url}/v1/models/{rt.manifest.name}/predict",
+            json={"inputs": x[:4].tolist()},
+            headers={"X-API-Key": key},
+            timeout=10,
+        ).json()
+        bar.update(step, description="4/4 the cloud is stopped: 20 more calls")
+        _stop_all(workers)
+        for image, label in zip(x[:20], y[:20], strict=True):
+            t0 = time.perf_counter()
+            result = rt.predict(image)
+            records.append((result.source, result.label == label, (time.perf_counter() - t0) * 1e3))
+            bar.advance(step)
+
+    table = Table(title=f"edge-first fallback, threshold {threshold}, deadline 250 ms, two cloud workers")
+    for col in ("source", "answers", "share", "accuracy", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for source in ("edge", "cloud", "edge-degraded"):
+        rows = [r for r in records if r[0] == source]
+        if not rows:
+            continue
+        lat = [r[2] for r in rows]
+        p50, p99 = np.percentile(lat, [50, 99])
+        acc = sum(r[1] for r in rows) / len(rows)
+        share = f"{len(rows) / len(records):.1%}"
+        table.add_row(source, str(len(rows)), share, f"{acc:.4f}", f"{p50:.2f}", f"{p99:.2f}")
+    console.print(table)
+    console.print(
+        f"HTTP endpoint {server.url} (API key required) answered labels {http['labels']} "
+        f"for the first 4 test images; fallback rate with the cloud up: "
+        f"{sum(r[0] == 'cloud' for r in records[: len(y)]) / len(y):.1%}"
+    )
+
+
+def _wait_for_workers(client, model: str, sample: np.ndarray, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.infer(model, sample, timeout_s=1.0)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _stop_all(processes: list[subprocess.Popen]) -> None:
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def register(app: typer.Typer) -> None:

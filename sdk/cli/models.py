@@ -14,7 +14,7 @@ from sdk.cli.console import console, progress
 
 __all__ = ["register"]
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="fedge.toml with [edge] / [export] tables.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="fedge.toml with \\[edge] / \\[export] tables.")]
 ModelDirOpt = Annotated[Path, typer.Option("--model-dir", "-m", help="Model directory holding manifest.json.")]
 
 

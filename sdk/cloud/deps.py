@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the service state, the model a route names, and API-key authentication."""
+"""FastAPI dependencies: the service state, the model a route names, and API-key authentication.
+
+They are ``async`` although they never await: FastAPI runs a plain ``def`` dependency
+in its thread pool, a thread hop per dependency per request on the hot path.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ class AppState:
     metrics: ServiceMetrics
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     """The state :func:`sdk.cloud.app.create_app` attached to the app."""
     return request.app.state.fedge
 
@@ -37,7 +41,7 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def require_api_key(state: State, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+async def require_api_key(state: State, key: Annotated[str | None, Security(_api_key_header)]) -> None:
     """Let the request through when no keys are configured or it carries one of them."""
     keys = state.config.api_keys
     # compare_digest against every key: the time taken does not say which key nearly matched
@@ -48,7 +52,7 @@ def require_api_key(state: State, key: Annotated[str | None, Security(_api_key_h
 Authorized = Depends(require_api_key)
 
 
-def service_for(name: str, state: State) -> InferenceService:
+async def service_for(name: str, state: State) -> InferenceService:
     """The service of the model named in the path."""
     service = state.services.get(name)
     if service is None:

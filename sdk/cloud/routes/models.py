@@ -38,7 +38,7 @@ class UnsupportedMediaType(WireFormatError):
 
 
 @router.get("", summary="List the models served here")
-def list_models(state: State) -> list[ModelInfo]:
+async def list_models(state: State) -> list[ModelInfo]:
     """Name, version, input spec and labels of every model."""
     return [
         ModelInfo(

@@ -13,7 +13,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """Always ``{"status": "ok"}`` while the process serves HTTP."""
     return {"status": "ok"}
 
@@ -23,7 +23,7 @@ def healthz() -> dict[str, str]:
     summary="Readiness: every model takes requests",
     responses={503: {"description": "A model's batcher is not running, or no model is loaded."}},
 )
-def readyz(state: State) -> JSONResponse:
+async def readyz(state: State) -> JSONResponse:
     """200 when every model's batcher runs, else 503 naming the ones that do not."""
     down = [name for name, service in state.services.items() if not service.ready]
     ready = bool(state.services) and not down
@@ -37,6 +37,6 @@ def readyz(state: State) -> JSONResponse:
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4."}},
 )
-def metrics(state: State) -> PlainTextResponse:
+async def metrics(state: State) -> PlainTextResponse:
     """Request counts, latency and batch-size histograms, queue depth."""
     return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,103 @@
+"""``fedge cloud worker`` and ``fedge cloud serve`` as the separate processes a platform team runs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from sdk.edge.cloud_client import CloudClient
+from sdk.mosquitto import free_port
+from sdk.mqtt import MqttSettings
+
+KEY = "cli-key-0123456789abcdef"
+
+
+class Fedge:
+    """``python -m sdk.cli ARGS`` in a child process, its output in a file."""
+
+    def __init__(self, tmp_path, *args, env=None):
+        self.log = tmp_path / f"fedge-{time.monotonic_ns()}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sdk.cli", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout=60) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(20)
+
+
+def test_worker_process_answers_and_stops_on_sigterm(broker, model_dir, tmp_path):
+    proc = Fedge(tmp_path, "cloud", "worker", "-m", str(model_dir), "--broker", broker.address, "--id", "cli-w1")
+    try:
+        with CloudClient(MqttSettings.from_address(broker.address), device_id="cli-device") as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    reply = client.infer("digits", np.zeros((1, 8, 8), np.float32), timeout_s=1)
+                    break
+                except Exception:
+                    assert proc.alive(), proc.output
+                    assert time.monotonic() < deadline, "the worker never answered"
+        assert reply.source == "cloud:cli-w1"
+    finally:
+        assert proc.stop() == 0
+
+
+def test_serve_process_guards_v1_with_keys_from_the_environment(model_dir, tmp_path):
+    port = free_port()
+    env = {"FEDGE_CLOUD__API_KEYS": KEY}
+    proc = Fedge(tmp_path, "cloud", "serve", "-m", str(model_dir), "--port", str(port), env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.alive(), proc.output
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers={"X-API-Key": KEY}).json()[0]["name"] == "digits"
+    finally:
+        proc.stop()
+    assert KEY not in proc.output
+
+
+def test_short_api_keys_are_refused_at_start_without_echoing_them(model_dir, tmp_path):
+    proc = Fedge(tmp_path, "cloud", "serve", "-m", str(model_dir), env={"FEDGE_CLOUD__API_KEYS": "tiny-secret"})
+    assert proc.wait() == 2
+    assert "cloud.api_keys" in proc.output
+    assert "tiny-secret" not in proc.output
+
+
+@pytest.mark.parametrize("command", ["worker", "serve"])
+def test_model_dir_is_required(command, tmp_path):
+    proc = Fedge(tmp_path, "cloud", command)
+    assert proc.wait() == 2
+    assert "--model-dir" in proc.output
