@@ -24,9 +24,11 @@ __all__ = [
     "batches",
     "dirichlet_partition",
     "evaluate",
+    "get_weights",
     "load_split",
     "predict_logits",
     "set_seed",
+    "set_weights",
     "train",
 ]
 
@@ -187,3 +189,21 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, flo
     logits = predict_logits(model, x)
     loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)))
     return loss, accuracy(logits, y)
+
+
+def get_weights(model: nn.Module) -> list[np.ndarray]:
+    """The model's parameters as float32 arrays, in ``state_dict`` order (what Flower sends)."""
+    return [t.detach().cpu().numpy().astype(np.float32, copy=True) for t in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
+    """Load arrays from :func:`get_weights` order; raise ValueError when a shape does not match."""
+    state = model.state_dict()
+    if len(weights) != len(state):
+        raise ValueError(f"expected {len(state)} arrays, got {len(weights)}")
+    new = {}
+    for (name, current), array in zip(state.items(), weights, strict=True):
+        if tuple(array.shape) != tuple(current.shape):
+            raise ValueError(f"{name}: expected shape {tuple(current.shape)}, got {tuple(array.shape)}")
+        new[name] = torch.from_numpy(np.asarray(array, dtype=np.float32).copy())
+    model.load_state_dict(new)

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer
 
-from sdk.cli import calibrate, cloud, demo, models
+from sdk.cli import calibrate, cloud, demo, federate, models
 from sdk.cli.console import err_console
 from sdk.errors import FedgeError
 
@@ -31,6 +31,7 @@ models.register(app)
 demo.register(app)
 calibrate.register(app)
 cloud.register(app)
+federate.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,135 @@
+"""The Flower ServerApp: rounds of private, guarded aggregation; each accepted global model a new version.
+
+Per round: sample clients, train on their data, aggregate (SecAgg+ when the privacy mode
+asks: the server only sees the masked sum), add DP noise (client-side clipping, noise on
+the aggregate, epsilon from the RDP accountant), validate the global model on the held-out
+validation split, and export it as a candidate version when it beats the current release.
+The run config is validated before any node is contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Context
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+from federation.accountant import PrivacyAccountant
+from federation.gate import ValidationGate
+from federation.settings import FederationSettings
+from federation.strategy import FedgeStrategy, build_strategy
+from federation.task import DigitsCNN, evaluate, get_weights, load_split, set_seed, set_weights
+from federation.versions import VersionStore
+from federation.workflow import fit_with_timeout
+
+__all__ = ["app", "run_federation"]
+
+log = logging.getLogger("fedge.federation")
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point Flower calls with the run's grid and context."""
+    settings = FederationSettings.from_run_config(context.run_config)
+    run_federation(grid, context, settings)
+
+
+def run_federation(grid: Grid, context: Context, settings: FederationSettings) -> dict[str, Any]:
+    """Run every round of ``settings`` and return (and write, with ``report-path``) the report."""
+    set_seed(settings.seed)
+    model = DigitsCNN()
+    initial = get_weights(model)
+    split = load_split(settings.seed)
+    accountant = PrivacyAccountant(settings.delta) if settings.differential_privacy else None
+    store = VersionStore(settings.versions_dir, settings.model_name) if settings.versions_dir else None
+    gate = ValidationGate(
+        release_accuracy=max(settings.baseline_accuracy, store.best_validation_accuracy() if store else 0.0),
+        margin=settings.gate_margin,
+    )
+    candidates: list[dict[str, Any]] = []
+    report: dict[str, Any] = {"run_id": context.run_id, "settings": settings.to_run_config()}
+
+    def evaluate_round(server_round: int, arrays: list[np.ndarray]) -> tuple[float, dict[str, Any]]:
+        set_weights(model, arrays)
+        loss, acc = evaluate(model, split.x_val, split.y_val)
+        metrics: dict[str, Any] = {"val_accuracy": round(acc, 5)}
+        if server_round > 0 and store is not None and gate.consider(acc):
+            epsilon = accountant.epsilon if accountant else None
+            manifest = store.export(
+                model,
+                split,
+                {
+                    "source": "federation",
+                    "run_id": str(context.run_id),
+                    "round": server_round,
+                    "privacy": settings.privacy,
+                    "epsilon": epsilon,
+                    "delta": settings.delta if accountant else None,
+                    "clients": settings.clients_per_round,
+                    "strategy": settings.strategy,
+                    "robust": settings.robust,
+                    "metrics": {"val_accuracy": acc, "val_loss": loss},
+                },
+                tflite=settings.export_tflite,
+            )
+            if manifest is not None:
+                metrics["candidate_version"] = manifest.version
+                candidates.append({"version": manifest.version, "round": server_round, "val_accuracy": acc})
+        return loss, metrics
+
+    strategy = FedgeStrategy(
+        build_strategy(settings, initial),
+        settings,
+        evaluate_round,
+        accountant=accountant,
+        audit_dir=settings.audit_dir or None,
+    )
+    legacy = LegacyContext(context, config=ServerConfig(num_rounds=settings.num_server_rounds), strategy=strategy)
+    if settings.secure_aggregation:
+        fit = SecAggPlusWorkflow(
+            num_shares=settings.clients_per_round,
+            reconstruction_threshold=max(2, settings.clients_per_round // 2 + 1),
+            timeout=settings.round_timeout_s,
+        )
+    else:
+        fit = fit_with_timeout(settings.round_timeout_s)
+    DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+
+    set_weights(model, list(_final_arrays(legacy)))
+    _, test_accuracy = evaluate(model, split.x_test, split.y_test)
+    report.update(
+        rounds=strategy.rounds,
+        candidates=candidates,
+        stopped=strategy.stopped,
+        test_accuracy=round(test_accuracy, 5),
+        epsilon=round(accountant.epsilon, 4) if accountant else None,
+    )
+    if settings.report_path:
+        _write_json(Path(settings.report_path), report)
+    return report
+
+
+def _final_arrays(context: LegacyContext) -> list[np.ndarray]:
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import parameters_to_ndarrays
+    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+    record = context.state.array_records[MAIN_PARAMS_RECORD]
+    return parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2, default=str)
+    os.replace(tmp, path)

@@ -1,0 +1,124 @@
+"""The federation's run config: typed, validated before any node is contacted, every error naming its key.
+
+The same keys live in ``federation/app/pyproject.toml`` (``[tool.flwr.app.config]``),
+in ``flwr run --run-config``, and in ``fedge federate`` options; Flower spells them
+with dashes (``local-epochs``), the dataclass with underscores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from sdk.config import check, from_mapping
+
+__all__ = ["PRIVACY_MODES", "ROBUST_MODES", "STRATEGIES", "FederationSettings", "Privacy", "Robust", "Strategy"]
+
+Strategy = Literal["fedavg", "fedprox", "fedadam"]
+Privacy = Literal["none", "secagg", "dp", "secagg+dp"]
+Robust = Literal["none", "trimmed-mean", "median", "krum"]
+Attack = Literal["none", "scale", "sign-flip", "nan", "wrong-shape", "hang"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+PRIVACY_MODES: tuple[str, ...] = get_args(Privacy)
+ROBUST_MODES: tuple[str, ...] = get_args(Robust)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationSettings:
+    """Everything a run needs to know; see the README's federation section for what each mode protects."""
+
+    strategy: Strategy = "fedavg"
+    num_server_rounds: int = 5
+    num_clients: int = 5
+    clients_per_round: int = 5
+    local_epochs: int = 5
+    lr: float = 0.01
+    batch_size: int = 16
+    proximal_mu: float = 0.01
+    server_lr: float = 0.05
+    privacy: Privacy = "none"
+    noise_multiplier: float = 0.5
+    clipping_norm: float = 1.0
+    delta: float = 1e-5
+    epsilon_budget: float = 0.0
+    robust: Robust = "none"
+    trim_fraction: float = 0.2
+    byzantine_clients: int = 1
+    alpha: float = 0.5
+    seed: int = 0
+    round_timeout_s: float = 120.0
+    gate_margin: float = 0.0
+    baseline_accuracy: float = 0.0
+    versions_dir: str = ""
+    model_name: str = "digits"
+    export_tflite: bool = False
+    attack: Attack = "none"
+    attack_partition: int = -1
+    audit_dir: str = ""
+    report_path: str = ""
+
+    def __post_init__(self) -> None:
+        check(1 <= self.num_server_rounds <= 10_000, "num-server-rounds", "must be within 1..10000")
+        check(2 <= self.num_clients <= 10_000, "num-clients", f"must be within 2..10000, got {self.num_clients}")
+        check(
+            1 <= self.clients_per_round <= self.num_clients,
+            "clients-per-round",
+            f"must be within 1..num-clients ({self.num_clients}), got {self.clients_per_round}",
+        )
+        check(1 <= self.local_epochs <= 100, "local-epochs", "must be within 1..100")
+        check(0 < self.lr <= 1, "lr", f"must be within (0, 1], got {self.lr}")
+        check(1 <= self.batch_size <= 4096, "batch-size", "must be within 1..4096")
+        check(self.proximal_mu >= 0, "proximal-mu", "must be >= 0")
+        check(0 < self.server_lr <= 10, "server-lr", "must be within (0, 10]")
+        check(self.noise_multiplier > 0, "noise-multiplier", "must be > 0")
+        check(self.clipping_norm > 0, "clipping-norm", "must be > 0")
+        check(0 < self.delta < 1, "delta", "must be within (0, 1)")
+        check(self.epsilon_budget >= 0, "epsilon-budget", "must be >= 0 (0: no budget)")
+        check(0 <= self.trim_fraction < 0.5, "trim-fraction", "must be within [0, 0.5)")
+        check(self.byzantine_clients >= 0, "byzantine-clients", "must be >= 0")
+        check(self.alpha > 0, "alpha", "must be > 0")
+        check(self.round_timeout_s > 0, "round-timeout-s", "must be > 0")
+        check(0 <= self.baseline_accuracy <= 1, "baseline-accuracy", "must be within [0, 1]")
+        check(-1 <= self.attack_partition < self.num_clients, "attack-partition", "must be -1 or a partition id")
+        if self.secure_aggregation:
+            check(
+                self.robust == "none",
+                "robust",
+                f"{self.robust} needs every client's update, which privacy={self.privacy!r} hides from the server",
+            )
+            check(self.clients_per_round >= 3, "clients-per-round", "secure aggregation needs at least 3 clients")
+        if self.robust == "krum":
+            check(
+                self.clients_per_round > 2 * self.byzantine_clients + 2,
+                "byzantine-clients",
+                "Krum needs clients-per-round > 2 * byzantine-clients + 2",
+            )
+
+    @property
+    def secure_aggregation(self) -> bool:
+        """Whether SecAgg+ hides individual updates from the server."""
+        return self.privacy in ("secagg", "secagg+dp")
+
+    @property
+    def differential_privacy(self) -> bool:
+        """Whether updates are clipped and the aggregate noised."""
+        return self.privacy in ("dp", "secagg+dp")
+
+    @property
+    def sample_rate(self) -> float:
+        """Fraction of clients sampled per round (the accountant's ``q``)."""
+        return self.clients_per_round / self.num_clients
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationSettings:
+        """Parse Flower's run config (dashed keys); raise ConfigError naming the key."""
+        values = {str(k).replace("-", "_"): v for k, v in run_config.items()}
+        if isinstance(values.get("export_tflite"), str):
+            values["export_tflite"] = values["export_tflite"].lower() in ("1", "true", "yes")
+        return from_mapping(cls, values, section="run-config")
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The dashed-key mapping Flower passes around."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
