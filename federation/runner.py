@@ -262,6 +262,8 @@ def run_app(
     finally:
         _stop_group(proc)
         reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
     if not report_path.exists():
         raise FederationError(f"flwr run exited with {proc.returncode} and the ServerApp wrote no report")
     return json.loads(report_path.read_text())
