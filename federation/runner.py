@@ -30,7 +30,17 @@ from federation.settings import FederationSettings
 from sdk.errors import FedgeError
 from sdk.mosquitto import free_port
 
-__all__ = ["APP_DIR", "FederationError", "SuperLink", "SuperNode", "flower_env", "run_app", "toml_overrides"]
+__all__ = [
+    "APP_DIR",
+    "FederationError",
+    "SuperLink",
+    "SuperNode",
+    "flower_env",
+    "flwr_run",
+    "run_app",
+    "toml_overrides",
+    "write_connection",
+]
 
 #: The Flower app directory (its pyproject.toml names the components and the run config).
 APP_DIR = Path(__file__).parent / "app"
@@ -227,7 +237,7 @@ def run_app(
     timeout_s: float = 1800.0,
     on_line: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """``flwr run`` our app on the ``fedge`` connection in ``home``; stream its log; return the run's report.
+    """``flwr run`` our app with ``settings`` on the ``fedge`` connection in ``home``; return the run's report.
 
     Raises:
         FederationError: ``flwr run`` failed, timed out, or the ServerApp wrote no report.
@@ -235,7 +245,23 @@ def run_app(
     report_path = Path(settings.report_path) if settings.report_path else home / f"report-{time.time_ns()}.json"
     values = settings.to_run_config()
     values["report-path"] = str(report_path)
-    command = ["flwr", "run", str(APP_DIR), CONNECTION, "--run-config", toml_overrides(values), "--stream"]
+    return flwr_run(
+        home, APP_DIR, values, report_path, num_supernodes=num_supernodes, timeout_s=timeout_s, on_line=on_line
+    )
+
+
+def flwr_run(
+    home: Path,
+    app_dir: Path,
+    run_config: Mapping[str, Any],
+    report_path: Path,
+    *,
+    num_supernodes: int | None = None,
+    timeout_s: float = 1800.0,
+    on_line: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``flwr run`` the app in ``app_dir``, stream its log to ``on_line``, and read the JSON at ``report_path``."""
+    command = ["flwr", "run", str(app_dir), CONNECTION, "--run-config", toml_overrides(run_config), "--stream"]
     if num_supernodes is not None:
         command += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus=1"]
     proc = subprocess.Popen(

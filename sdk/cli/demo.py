@@ -24,6 +24,7 @@ def demo(
     sparsity: Annotated[float, typer.Option(help="Fraction of weights pruned before export.")] = 0.5,
     threshold: Annotated[float, typer.Option(help="Edge-first confidence threshold for the fallback stage.")] = 0.95,
     cloud: Annotated[bool, typer.Option("--cloud/--no-cloud", help="Run the cloud fallback stage.")] = True,
+    federation: Annotated[bool, typer.Option("--federation/--no-federation", help="Run the federation stage.")] = True,
 ) -> None:
     """Train, export pruned + int8, run every artifact on the device, then fall back to cloud workers over MQTT."""
     from federation.export import ExportConfig, export_model
@@ -34,18 +35,18 @@ def demo(
     set_seed(0)
     model = DigitsCNN()
     with progress() as bar:
-        task = bar.add_task("1/4 training the reference CNN on digits", total=epochs)
+        task = bar.add_task("1/5 training the reference CNN on digits", total=epochs)
         train(model, split.x_train, split.y_train, epochs=epochs, lr=3e-3, on_epoch=lambda *_: bar.advance(task))
         _, torch_acc = evaluate(model, split.x_test, split.y_test)
-        step = bar.add_task("2/4 export", total=None)
+        step = bar.add_task("2/5 export", total=None)
         model_dir = workdir / "models" / "digits-v1"
         config = ExportConfig(version=1, sparsity=sparsity, overwrite=True)
         manifest = export_model(
-            model, model_dir, split, config, on_step=lambda m: bar.update(step, description=f"2/4 {m}")
+            model, model_dir, split, config, on_step=lambda m: bar.update(step, description=f"2/5 {m}")
         )
-        bar.update(step, description="2/4 export", total=1, completed=1)
+        bar.update(step, description="2/5 export", total=1, completed=1)
         kinds = list(manifest.artifacts)
-        run = bar.add_task("3/4 edge runtime over the test split", total=len(kinds) * len(split.y_test))
+        run = bar.add_task("3/5 edge runtime over the test split", total=len(kinds) * len(split.y_test))
         rows = []
         for kind in kinds:
             with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=(kind,), num_threads=1)) as rt:
@@ -74,6 +75,44 @@ def demo(
     )
     if cloud:
         cloud_stage(model_dir, split.x_test, split.y_test, threshold)
+    if federation:
+        federation_stage(workdir / "versions")
+
+
+def federation_stage(versions_dir: Path) -> None:
+    """A short Flower simulation with SecAgg+ and DP; accepted rounds become versions."""
+    import shutil
+
+    from federation.runner import SuperLink, run_app
+    from federation.settings import FederationSettings
+    from sdk.cli.federate import print_report
+
+    shutil.rmtree(versions_dir, ignore_errors=True)
+    settings = FederationSettings(
+        num_clients=5,
+        clients_per_round=5,
+        num_server_rounds=5,
+        privacy="secagg+dp",
+        noise_multiplier=0.05,
+        clipping_norm=2.0,
+        versions_dir=str(versions_dir.resolve()),
+    )
+    with progress() as bar:
+        task = bar.add_task("5/5 federation: 5 clients, SecAgg+ and DP, 5 rounds (Flower simulation)", total=5)
+
+        def on_line(line: str) -> None:
+            if "[ROUND " in line:
+                bar.update(task, completed=int(line.split("[ROUND ", 1)[1].split("]", 1)[0]) - 1)
+
+        with SuperLink(simulation=True) as link:
+            report = run_app(link.home, settings, num_supernodes=5, timeout_s=900, on_line=on_line)
+        bar.update(task, completed=5)
+    print_report(report)
+    console.print(
+        f"candidate versions in {versions_dir}: "
+        + (", ".join(f"v{c['version']} (round {c['round']})" for c in report["candidates"]) or "none")
+        + f"; epsilon spent {report['epsilon']:.4g} at delta 1e-05 (5 clients cannot buy privacy: see the README)"
+    )
 
 
 def cloud_stage(model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float) -> None:
@@ -93,7 +132,7 @@ def cloud_stage(model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float)
 
     records: list[tuple[str, bool, float]] = []
     with contextlib.ExitStack() as stack, progress() as bar:
-        step = bar.add_task("4/4 cloud: private Mosquitto, two workers, HTTP endpoint", total=None)
+        step = bar.add_task("4/5 cloud: private Mosquitto, two workers, HTTP endpoint", total=None)
         broker = stack.enter_context(Mosquitto())
         settings = MqttSettings.from_address(broker.address)
         command = [sys.executable, "-m", "sdk.cli", "cloud", "worker", "-m", str(model_dir), "--broker", broker.address]
@@ -110,7 +149,7 @@ def cloud_stage(model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float)
         config = EdgeConfig(num_threads=1, confidence_threshold=threshold, deadline_ms=250)
         rt = stack.enter_context(EdgeRuntime.from_model_dir(model_dir, config, cloud=client))
         _wait_for_workers(client, rt.manifest.name, x[0])
-        bar.update(step, description=f"4/4 edge-first at threshold {threshold}: the test split, one image per call")
+        bar.update(step, description=f"4/5 edge-first at threshold {threshold}: the test split, one image per call")
         bar.update(step, total=len(y) + 20, completed=0)
         for image, label in zip(x, y, strict=True):
             t0 = time.perf_counter()
@@ -123,7 +162,7 @@ def cloud_stage(model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float)
             headers={"X-API-Key": key},
             timeout=10,
         ).json()
-        bar.update(step, description="4/4 the cloud is stopped: 20 more calls")
+        bar.update(step, description="4/5 the cloud is stopped: 20 more calls")
         _stop_all(workers)
         for image, label in zip(x[:20], y[:20], strict=True):
             t0 = time.perf_counter()

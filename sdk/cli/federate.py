@@ -12,7 +12,7 @@ from rich.table import Table
 
 from sdk.cli.console import console, progress
 
-__all__ = ["register"]
+__all__ = ["print_report", "register"]
 
 edge_app = typer.Typer(help="Device-side commands.", no_args_is_help=True)
 
@@ -95,10 +95,11 @@ def federate(
 
         typer.echo(json.dumps(report, indent=2, default=str))
         return
-    _print_report(report)
+    print_report(report)
 
 
-def _print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any]) -> None:
+    """Print a federation report: one row per round, then the final accuracy."""
     table = Table(title=f"federation run {report['run_id']}")
     for col in ("round", "val accuracy", "epsilon", "clients", "dropped", "candidate", "s"):
         table.add_column(col, justify="right")

@@ -1,0 +1,1 @@
+"""The vanilla Flower baseline of ``bench.federation``."""
