@@ -8,11 +8,13 @@ uvicorn.run(create_app(services, CloudConfig(api_keys=("a-long-secret-key-1",)))
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from sdk.cloud.config import CloudConfig
@@ -33,8 +35,14 @@ def create_app(
     config: CloudConfig | None = None,
     *,
     metrics: ServiceMetrics | None = None,
+    repository_dir: str | os.PathLike[str] | None = None,
 ) -> FastAPI:
-    """An app serving ``services`` (by model name); their owner closes them after the server stops."""
+    """An app serving ``services`` (by model name); their owner closes them after the server stops.
+
+    With ``repository_dir`` it also serves the signed release repository under ``/tuf``
+    (``/tuf/metadata/...`` and ``/tuf/targets/...``): public, because every byte is verified
+    by the device against signed metadata.
+    """
     app = FastAPI(
         title="Fedge cloud inference",
         version="1",
@@ -49,6 +57,8 @@ def create_app(
     app.state.fedge = AppState(services=services, config=config or CloudConfig(), metrics=metrics)
     app.include_router(models.router)
     app.include_router(ops.router)
+    if repository_dir is not None:
+        app.mount("/tuf", StaticFiles(directory=os.fspath(repository_dir)), name="tuf")
 
     @app.exception_handler(FedgeError)
     async def fedge_error(request: Request, exc: FedgeError) -> JSONResponse:

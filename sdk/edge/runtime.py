@@ -47,7 +47,7 @@ class LoadedModel:
 
 
 def load_model(model_dir: str | os.PathLike[str], config: EdgeConfig) -> LoadedModel:
-    """Verify every file of ``model_dir``, load the preferred runnable artifact and smoke-test it.
+    """Verify the files of ``model_dir``, load the preferred runnable artifact and smoke-test it.
 
     Raises:
         ModelNotFound: no manifest, or no artifact kind of ``config.artifacts``.
@@ -57,7 +57,11 @@ def load_model(model_dir: str | os.PathLike[str], config: EdgeConfig) -> LoadedM
     """
     directory = Path(model_dir)
     manifest = load_manifest(directory)
-    entries: list = list(manifest.artifacts.values())
+    # Every artifact this device may run must be present and intact; any other one present must be
+    # intact too. (A device updated over the air holds only the artifact for its own target.)
+    entries: list = [
+        a for a in manifest.artifacts.values() if a.kind in config.artifacts or (directory / a.file).exists()
+    ]
     if manifest.probe is not None:
         entries.append(manifest.probe)
     verify_files(directory, entries)
