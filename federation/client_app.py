@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import Context, Message
+from flwr.app.message_type import MessageType
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 
@@ -117,14 +118,35 @@ def client_fn(context: Context) -> object:
     return DigitsClient(x, y, partition, settings).to_client()
 
 
+def finite_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Refuse to send a non-finite update: under SecAgg+ the server could not see it to drop it.
+
+    (Quantization would turn a NaN into a finite but arbitrary number inside the masked sum.)
+    """
+    out = call_next(msg, context)
+    if msg.metadata.message_type == MessageType.TRAIN and not out.has_error():
+        for record in out.content.array_records.values():
+            if not all(np.isfinite(a).all() for a in record.to_numpy_ndarrays()):
+                raise ValueError("refusing to send a non-finite update")
+    return out
+
+
 def privacy_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """Apply SecAgg+ masking and DP clipping as the run config asks (clipping inside masking)."""
     settings = FederationSettings.from_run_config(context.run_config)
     inner = call_next
+    if settings.secure_aggregation:
+
+        def inner(m: Message, c: Context) -> Message:
+            return finite_mod(m, c, call_next)
+
+        guarded = inner
+    else:
+        guarded = call_next
     if settings.differential_privacy:
 
         def inner(m: Message, c: Context) -> Message:
-            return fixedclipping_mod(m, c, call_next)
+            return fixedclipping_mod(m, c, guarded)
 
     if settings.secure_aggregation:
         return secaggplus_mod(msg, context, inner)

@@ -22,7 +22,9 @@ from sdk.cloud.deps import AppState
 from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import ServiceMetrics
 from sdk.cloud.outcomes import error_code_for, http_status_for
+from sdk.cloud.registry import Registry
 from sdk.cloud.routes import models, ops
+from sdk.cloud.routes import registry as registry_routes
 from sdk.errors import FedgeError
 
 __all__ = ["create_app"]
@@ -36,6 +38,7 @@ def create_app(
     *,
     metrics: ServiceMetrics | None = None,
     repository_dir: str | os.PathLike[str] | None = None,
+    registry: Registry | None = None,
 ) -> FastAPI:
     """An app serving ``services`` (by model name); their owner closes them after the server stops.
 
@@ -54,9 +57,10 @@ def create_app(
     metrics = metrics or ServiceMetrics()
     for service in services.values():
         service.report_to(metrics)
-    app.state.fedge = AppState(services=services, config=config or CloudConfig(), metrics=metrics)
+    app.state.fedge = AppState(services=services, config=config or CloudConfig(), metrics=metrics, registry=registry)
     app.include_router(models.router)
     app.include_router(ops.router)
+    app.include_router(registry_routes.router)
     if repository_dir is not None:
         app.mount("/tuf", StaticFiles(directory=os.fspath(repository_dir)), name="tuf")
 

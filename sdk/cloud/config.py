@@ -19,13 +19,15 @@ class CloudConfig:
     """What the HTTP endpoint and the MQTT workers serve, and how.
 
     ``api_keys`` guards every ``/v1`` route when it is not empty (header ``X-API-Key``);
-    it never appears in ``repr`` or logs. ``FEDGE_CLOUD__API_KEYS=k1,k2`` sets it.
+    ``admin_keys`` guard the registry's writing routes, always (none set: they refuse all).
+    Neither appears in ``repr`` or logs. ``FEDGE_CLOUD__API_KEYS=k1,k2`` sets them.
     """
 
     model_dirs: tuple[Path, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
     max_body_bytes: int = wire.DEFAULT_MAX_BYTES
     group: str = "cloud"
     providers: tuple[str, ...] = ("cuda", "cpu")
@@ -37,6 +39,7 @@ class CloudConfig:
         check(1 <= self.port <= 65535, "port", f"must be within 1..65535, got {self.port}")
         check(1024 <= self.max_body_bytes <= 1 << 30, "max_body_bytes", "must be within 1 KiB..1 GiB")
         check(all(len(k) >= 16 for k in self.api_keys), "api_keys", "every key must have at least 16 characters")
+        check(all(len(k) >= 16 for k in self.admin_keys), "admin_keys", "every key must have at least 16 characters")
         try:
             topics.check_segment(self.group, "group")
         except ValueError as exc:

@@ -17,9 +17,10 @@ from fastapi.security import APIKeyHeader
 from sdk.cloud.config import CloudConfig
 from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import ServiceMetrics
-from sdk.errors import Unauthorized, UnknownModel
+from sdk.cloud.registry import Registry
+from sdk.errors import NotFound, Unauthorized, UnknownModel
 
-__all__ = ["AppState", "Authorized", "ServiceFor", "State", "get_state"]
+__all__ = ["Admin", "AppState", "Authorized", "RegistryDep", "ServiceFor", "State", "get_state"]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of the configured API keys.")
 
@@ -31,6 +32,7 @@ class AppState:
     services: Mapping[str, InferenceService]
     config: CloudConfig
     metrics: ServiceMetrics
+    registry: Registry | None = None
 
 
 async def get_state(request: Request) -> AppState:
@@ -50,6 +52,26 @@ async def require_api_key(state: State, key: Annotated[str | None, Security(_api
 
 
 Authorized = Depends(require_api_key)
+
+
+async def require_admin_key(state: State, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """Let the request through only with one of the admin keys (no admin keys: nobody)."""
+    keys = state.config.admin_keys
+    if not keys or not any(hmac.compare_digest((key or "").encode(), k.encode()) for k in keys):
+        raise Unauthorized("this route needs an admin X-API-Key")
+
+
+Admin = Depends(require_admin_key)
+
+
+async def get_registry(state: State) -> Registry:
+    """The registry, when this service runs one."""
+    if state.registry is None:
+        raise NotFound("this service runs no registry")
+    return state.registry
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
 async def service_for(name: str, state: State) -> InferenceService:

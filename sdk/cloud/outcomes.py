@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from sdk import wire
 from sdk.errors import (
+    Conflict,
     DeadlineExceeded,
     InvalidInput,
+    ModelError,
+    NotFound,
     Overloaded,
     PayloadTooLarge,
     Unauthorized,
@@ -18,8 +21,10 @@ __all__ = ["error_code_for", "http_status_for"]
 
 def error_code_for(exc: BaseException) -> wire.ErrorCode:
     """The wire error code that tells a client what went wrong."""
-    if isinstance(exc, (InvalidInput, WireFormatError)):
+    if isinstance(exc, (InvalidInput, WireFormatError, ModelError, Conflict)):
         return "bad_request"
+    if isinstance(exc, NotFound):
+        return "unknown_model"
     if isinstance(exc, UnknownModel):
         return "unknown_model"
     if isinstance(exc, Overloaded):
@@ -33,6 +38,12 @@ def error_code_for(exc: BaseException) -> wire.ErrorCode:
 
 def http_status_for(exc: BaseException) -> int:
     """The HTTP status of a failed request."""
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, ModelError):
+        return 422
     if isinstance(exc, PayloadTooLarge):
         return 413
     if isinstance(exc, InvalidInput):

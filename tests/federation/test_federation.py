@@ -221,3 +221,16 @@ def test_deployment_engine_with_three_supernode_processes(tmp_path):
     version_dir = next(tmp_path.glob("digits-v*"))
     with EdgeRuntime.from_model_dir(version_dir) as rt:
         assert rt.predict(np.zeros((1, 8, 8), np.float32)).source == "edge"
+
+
+def test_under_secagg_a_client_never_sends_a_non_finite_update(link):
+    # The server cannot see inside the masked sum, so the client-side guard refuses to send;
+    # SecAgg+ treats the refusal as a dropout and unmasks the others' sum.
+    report = simulate(
+        link,
+        **{"num-clients": 4, "clients-per-round": 4, "num-server-rounds": 2, "attack-partition": 1},
+        attack="nan",
+        privacy="secagg",
+    )
+    assert [r["clients"] for r in report["rounds"]] == [3, 3]
+    assert report["test_accuracy"] > 0.5

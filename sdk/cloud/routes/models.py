@@ -17,7 +17,7 @@ from sdk.cloud.schemas import TENSOR_MEDIA_TYPE, ErrorBody, ModelInfo, PredictRe
 from sdk.edge.prediction import confidences
 from sdk.errors import InvalidInput, PayloadTooLarge, WireFormatError
 
-__all__ = ["UnsupportedMediaType", "router"]
+__all__ = ["UnsupportedMediaType", "read_body", "router"]
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Authorized])
 
@@ -79,7 +79,7 @@ async def predict(name: str, request: Request, service: ServiceFor, state: State
     start = time.perf_counter()
     outcome = "internal"
     try:
-        body = await _read_body(request, state.config.max_body_bytes)
+        body = await read_body(request, state.config.max_body_bytes)
         media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if media == TENSOR_MEDIA_TYPE:
             message = wire.decode(body, max_bytes=state.config.max_body_bytes)
@@ -118,7 +118,8 @@ async def predict(name: str, request: Request, service: ServiceFor, state: State
     return Response(json.dumps(body_out), media_type="application/json")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with PayloadTooLarge as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte bound")

@@ -1,0 +1,106 @@
+"""The registry resource: upload versions, release them, steer releases, and see the fleet."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Request
+from pydantic import BaseModel, Field
+
+from sdk.cloud.deps import Admin, Authorized, RegistryDep
+from sdk.cloud.routes.models import read_body
+from sdk.errors import Conflict, WireFormatError
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/registry", tags=["registry"])
+_BINARY = {"type": "string", "format": "binary"}
+
+
+class ReleaseRequest(BaseModel):
+    """Release a registered version to a channel and a share of the fleet."""
+
+    model: str
+    version: int = Field(ge=0)
+    channel: str = Field("stable", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    rollout: int = Field(100, ge=0, le=100, description="Percent of devices (by a stable hash of their id).")
+
+
+class ReleaseChange(BaseModel):
+    """Pause, resume or abort a release, or change its rollout."""
+
+    state: Literal["active", "paused", "aborted"] | None = None
+    rollout: int | None = Field(None, ge=0, le=100)
+
+
+def _extract(archive: bytes, into: Path) -> Path:
+    """Unpack a model directory archive, refusing anything but plain files at its top level."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
+            for member in tar.getmembers():
+                name = member.name.removeprefix("./")
+                if not member.isfile() or "/" in name or name.startswith(".") or not name:
+                    raise WireFormatError(f"archive member {member.name!r}: only plain top-level files are allowed")
+                data = tar.extractfile(member)
+                assert data is not None
+                (into / name).write_bytes(data.read())
+    except tarfile.TarError as exc:
+        raise WireFormatError(f"not a tar archive: {exc}") from None
+    return into
+
+
+@router.post(
+    "/models/{name}/versions",
+    dependencies=[Admin],
+    status_code=201,
+    summary="Upload a model directory (a tar or tar.gz of its files) as a new version",
+    openapi_extra={
+        "requestBody": {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+async def upload_version(name: str, request: Request, registry: RegistryDep) -> dict[str, Any]:
+    """Verify every file against the manifest and register the version (admin key)."""
+    body = await read_body(request, 512 * 1024 * 1024)
+    with tempfile.TemporaryDirectory(prefix="fedge-upload-") as tmp:
+        directory = _extract(body, Path(tmp))
+        from sdk.manifest import load_manifest
+
+        if load_manifest(directory).name != name:
+            raise Conflict(f"the archive holds a manifest for another model than {name!r}")
+        return registry.add_version(directory)
+
+
+@router.get("/models/{name}/versions", dependencies=[Authorized], summary="List a model's versions")
+async def list_versions(name: str, registry: RegistryDep) -> list[dict[str, Any]]:
+    """Versions with lineage, metrics and artifacts per target."""
+    return registry.versions(name)
+
+
+@router.post("/releases", dependencies=[Admin], status_code=201, summary="Release a version")
+async def create_release(request: Annotated[ReleaseRequest, Body()], registry: RegistryDep) -> dict[str, Any]:
+    """Sign the version into the TUF repository and send the retained MQTT notice (admin key)."""
+    return registry.release(request.model, request.version, channel=request.channel, rollout=request.rollout)
+
+
+@router.patch("/releases/{model}/{version}", dependencies=[Admin], summary="Pause, resume, abort or widen")
+async def change_release(
+    model: str, version: int, change: Annotated[ReleaseChange, Body()], registry: RegistryDep
+) -> dict[str, Any]:
+    """Change the signed release state or rollout (admin key)."""
+    return registry.update_release(model, version, state=change.state, rollout=change.rollout)
+
+
+@router.get("/releases", dependencies=[Authorized], summary="List releases")
+async def list_releases(registry: RegistryDep, model: str | None = None) -> list[dict[str, Any]]:
+    """Every release, newest first."""
+    return registry.releases(model)
+
+
+@router.get("/fleet", dependencies=[Authorized], summary="Every device's last report")
+async def fleet(registry: RegistryDep) -> list[dict[str, Any]]:
+    """Device id, model, running version, status, last update step, last seen."""
+    return registry.fleet()
