@@ -124,7 +124,7 @@ class Registry:
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self.store_dir = Path(store_dir)
         self.repository = repository
-        self._notify = notify or (lambda model, version: None)
+        self.notify: Notifier = notify or (lambda model, version: None)
 
     def close(self) -> None:
         """Release the database connections."""
@@ -214,7 +214,7 @@ class Registry:
             session.add(release)
             session.flush()
             out = _release_dict(release)
-        self._notify(model, version)
+        self.notify(model, version)
         return out
 
     def update_release(
@@ -235,7 +235,7 @@ class Registry:
                 release.rollout = rollout
             session.flush()
             out = _release_dict(release)
-        self._notify(model, version)
+        self.notify(model, version)
         return out
 
     def releases(self, model: str | None = None) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ class KeySet:
     """Where the keys of one repository are, and the root threshold."""
 
     online_dir: Path
-    root_dir: Path
+    root_dir: Path | None
     root_threshold: int
 
     def online(self) -> dict[str, CryptoSigner]:
@@ -51,7 +51,15 @@ class KeySet:
 
     def root(self) -> list[CryptoSigner]:
         """The offline root signers (needed only to create or rotate the root)."""
+        if self.root_dir is None:
+            raise FileNotFoundError("the root keys are offline: mount their directory to create or rotate the root")
         return load_signers(self.root_dir)
+
+    @classmethod
+    def online_only(cls, online_dir: str | os.PathLike[str]) -> KeySet:
+        """The keys a running service has: the online ones, without the root keys."""
+        meta = json.loads((Path(online_dir) / "keys.json").read_text())
+        return cls(Path(online_dir), None, int(meta["root_threshold"]))
 
 
 def load_signers(directory: str | os.PathLike[str]) -> list[CryptoSigner]:

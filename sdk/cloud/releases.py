@@ -1,0 +1,91 @@
+"""The release service's moving parts: release notices, the fleet listener, and the timestamp schedule.
+
+``ReleaseService`` owns one MQTT connection: it publishes a retained notice on
+``fedge/v1/releases/<model>`` when a release changes, and records every device's status
+from ``fedge/v1/devices/+/status`` in the registry. A thread re-signs the TUF timestamp
+well before it expires, so that devices can tell a live repository from a frozen one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from sdk import topics
+from sdk.cloud.registry import Registry
+from sdk.cloud.repository import ReleaseRepository
+from sdk.edge.status import notice_payload
+from sdk.mqtt import MqttSettings, connect, make_client
+
+__all__ = ["ReleaseService"]
+
+log = logging.getLogger("fedge.cloud.releases")
+
+
+class ReleaseService:
+    """Notices out, fleet status in, timestamp kept fresh: ``with ReleaseService(...) as service: ...``."""
+
+    def __init__(self, registry: Registry, settings: MqttSettings | None, *, refresh_every_s: float | None = None):
+        """Serve ``registry``; without MQTT settings only the timestamp schedule runs."""
+        self.registry = registry
+        self.repository: ReleaseRepository = registry.repository
+        self.settings = settings
+        interval = self.repository.timestamp_expiry.total_seconds() / 3
+        self.refresh_every_s = refresh_every_s or max(1.0, interval)
+        self._stop = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="fedge-timestamp", daemon=True)
+        self._client: mqtt.Client | None = None
+        if settings is not None:
+            self._client = make_client(settings, "fedge-release-service")
+            self._client.on_connect = lambda c, *a: c.subscribe(f"{topics.PREFIX}/devices/+/status", qos=1)
+            self._client.on_message = self._on_status
+        registry.notify = self.notify
+
+    def start(self) -> ReleaseService:
+        """Connect to the broker and start the timestamp schedule."""
+        if self._client is not None and self.settings is not None:
+            connect(self._client, self.settings)
+        self._refresher.start()
+        return self
+
+    def notify(self, model: str, version: int) -> None:
+        """Publish the retained notice that new signed metadata for ``model`` is available."""
+        if self._client is not None:
+            self._client.publish(topics.release(model), notice_payload(model, version), qos=1, retain=True)
+
+    def _on_status(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            event = json.loads(msg.payload)
+            if not isinstance(event, dict):
+                raise ValueError("not an object")
+            event.setdefault("device_id", msg.topic.split("/")[-2])
+            self.registry.record_status(event)
+        except (ValueError, TypeError) as exc:
+            log.warning("ignored a malformed status on %s: %s", msg.topic, exc)
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_every_s):
+            try:
+                self.repository.refresh_timestamp()
+            except OSError as exc:
+                log.error("could not re-sign the timestamp: %s", exc)
+
+    def stop(self) -> None:
+        """Stop the schedule and disconnect."""
+        self._stop.set()
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def __enter__(self) -> ReleaseService:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
