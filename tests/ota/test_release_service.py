@@ -85,9 +85,10 @@ def test_upload_release_notice_update_and_fleet(cloud, versions, repo, tmp_path)
         deadline = time.monotonic() + 10
         while True:
             fleet = httpx.get(f"{url}/fleet", headers=reader).json()
-            if fleet and fleet[0]["running_version"] == 1 and fleet[0]["last_step"] in ("healthy", "up-to-date"):
+            done = ("installed", "healthy", "up-to-date")
+            if fleet and fleet[0]["running_version"] == 1 and fleet[0]["last_step"] in done:
                 break
-            assert time.monotonic() < deadline, fleet
+            assert time.monotonic() < deadline, (fleet[0]["last_step"], fleet[0]["detail"])
             time.sleep(0.1)
     paused = httpx.patch(f"{url}/releases/digits/1", json={"state": "paused"}, headers=admin)
     assert paused.json()["state"] == "paused"
