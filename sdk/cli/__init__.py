@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer
 
-from sdk.cli import calibrate, cloud, demo, federate, models
+from sdk.cli import calibrate, cloud, demo, federate, models, registry
 from sdk.cli.console import err_console
 from sdk.errors import FedgeError
 
@@ -32,6 +32,7 @@ demo.register(app)
 calibrate.register(app)
 cloud.register(app)
 federate.register(app)
+registry.register(app)
 
 
 def main() -> None:

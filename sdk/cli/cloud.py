@@ -6,6 +6,7 @@ API keys are read from the config file (``[cloud] api_keys``) or the environment
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -34,7 +35,7 @@ DelayOpt = Annotated[
 ]
 
 
-def _cloud_config(config: Path | None, model_dirs: list[Path] | None, **overrides: object):
+def _cloud_config(config: Path | None, model_dirs: list[Path] | None, *, need_models: bool = True, **overrides: object):
     from sdk.cloud.config import CloudConfig
 
     loaded = CloudConfig.load(config)
@@ -42,7 +43,7 @@ def _cloud_config(config: Path | None, model_dirs: list[Path] | None, **override
     if model_dirs:
         changes["model_dirs"] = tuple(model_dirs)
     loaded = replace(loaded, **changes)
-    if not loaded.model_dirs:
+    if need_models and not loaded.model_dirs:
         raise typer.BadParameter("give at least one --model-dir (or [cloud] model_dirs)", param_hint="--model-dir")
     return loaded
 
@@ -96,25 +97,65 @@ def serve(
     port: Annotated[int | None, typer.Option(help="TCP port.")] = None,
     max_batch_size: BatchOpt = None,
     max_queue_delay_ms: DelayOpt = None,
+    repository: Annotated[Path | None, typer.Option(help="Signed release repository to serve under /tuf.")] = None,
+    keys: Annotated[Path | None, typer.Option(help="Online signing keys (fedge keys init --online-dir).")] = None,
+    registry_url: Annotated[str | None, typer.Option(help="Registry database URL (sqlite:///registry.db).")] = None,
+    store: Annotated[Path | None, typer.Option(help="Where registered versions are kept.")] = None,
+    broker: Annotated[str | None, typer.Option(help="Broker HOST:PORT for release notices and fleet status.")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Serve the HTTP endpoint (predict, models, health, metrics, OpenAPI docs at /docs)."""
+    """Serve the HTTP endpoint: predict, models, health, metrics, and with a registry, releases (docs at /docs)."""
     import uvicorn
 
     from sdk.cloud.app import create_app
     from sdk.cloud.inference import load_services
 
     cloud = _cloud_config(
-        config, model_dir, host=host, port=port, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms
+        config,
+        model_dir,
+        need_models=False,
+        host=host,
+        port=port,
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms,
+        repository_dir=repository,
+        keys_dir=keys,
+        registry_url=registry_url,
+        store_dir=store,
     )
+    if not cloud.model_dirs and not cloud.registry_url:
+        raise typer.BadParameter("give --model-dir to serve models, or --registry-url to run the registry")
     services = load_services(cloud.model_dirs, cloud.batcher(), providers=cloud.providers)
-    auth = f"{len(cloud.api_keys)} API key(s)" if cloud.api_keys else "no API keys: /v1 is open"
-    console.print(f"serving {', '.join(services)} on http://{cloud.host}:{cloud.port} ({auth}); docs at /docs")
-    try:
-        uvicorn.run(create_app(services, cloud), host=cloud.host, port=cloud.port, log_level="warning")
-    finally:
-        for service in services.values():
-            service.close()
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: [s.close() for s in services.values()])
+        registry = None
+        if cloud.registry_url:
+            registry = _open_registry(cloud, broker, config, stack)
+        auth = f"{len(cloud.api_keys)} API key(s)" if cloud.api_keys else "no API keys: /v1 is open"
+        what = ", ".join(services) or "no models"
+        console.print(f"serving {what} on http://{cloud.host}:{cloud.port} ({auth}); docs at /docs")
+        app = create_app(services, cloud, repository_dir=cloud.repository_dir, registry=registry)
+        uvicorn.run(app, host=cloud.host, port=cloud.port, log_level="warning")
+
+
+def _open_registry(cloud, broker: str | None, config: Path | None, stack: contextlib.ExitStack):
+    from sdk.cloud.registry import Registry
+    from sdk.cloud.releases import ReleaseService
+    from sdk.cloud.repository import ReleaseRepository
+    from sdk.cloud.signing import KeySet
+    from sdk.mqtt import MqttSettings, parse_address
+
+    if cloud.repository_dir is None or cloud.keys_dir is None or cloud.store_dir is None:
+        raise typer.BadParameter("a registry needs --repository, --keys and --store")
+    repository = ReleaseRepository(cloud.repository_dir, KeySet.online_only(cloud.keys_dir))
+    registry = Registry(cloud.registry_url, cloud.store_dir, repository)
+    stack.callback(registry.close)
+    settings = None
+    if broker:
+        host, port = parse_address(broker)
+        settings = replace(MqttSettings.load(config), host=host, port=port)
+    stack.enter_context(ReleaseService(registry, settings))
+    return registry
 
 
 def register(app: typer.Typer) -> None:

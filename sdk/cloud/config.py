@@ -34,6 +34,10 @@ class CloudConfig:
     max_batch_size: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue: int = 1024
+    repository_dir: Path | None = None
+    keys_dir: Path | None = None
+    registry_url: str = ""
+    store_dir: Path | None = None
 
     def __post_init__(self) -> None:
         check(1 <= self.port <= 65535, "port", f"must be within 1..65535, got {self.port}")

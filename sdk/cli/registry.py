@@ -1,0 +1,153 @@
+"""``fedge keys init`` (the offline key ceremony) and ``fedge registry ...`` (a client of the registry API).
+
+The registry commands talk to ``fedge cloud serve`` over HTTP; the key comes from
+``FEDGE_ADMIN_KEY`` (writes) or ``FEDGE_API_KEY`` (reads), never from the command line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from sdk.cli.console import console
+from sdk.errors import FedgeError
+
+__all__ = ["register"]
+
+keys_app = typer.Typer(help="Release signing keys.", no_args_is_help=True)
+registry_app = typer.Typer(help="Model registry: versions, releases, fleet (talks to `fedge cloud serve`).")
+
+UrlOpt = Annotated[str, typer.Option(envvar="FEDGE_REGISTRY_URL", help="Base URL of the cloud service.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+class RegistryRefused(FedgeError):
+    """The registry answered with an error."""
+
+
+@keys_app.command("init")
+def keys_init(
+    online_dir: Annotated[Path, typer.Option(help="Keys the running service signs with.")],
+    root_dir: Annotated[Path, typer.Option(help="Root keys: keep this directory offline.")],
+    repository: Annotated[Path, typer.Option(help="Create the signed release repository here.")],
+    root_keys: Annotated[int, typer.Option(help="Number of root keys.")] = 3,
+    threshold: Annotated[int, typer.Option(help="Root signatures needed to trust a root.")] = 2,
+) -> None:
+    """Create the signing keys and version 1 of the release repository (root signed offline)."""
+    from sdk.cloud.repository import ReleaseRepository
+    from sdk.cloud.signing import init_keys
+
+    keys = init_keys(online_dir, root_dir, root_keys=root_keys, root_threshold=threshold)
+    repo = ReleaseRepository.create(repository, keys)
+    console.print(
+        f"online keys in {online_dir}; {root_keys} root keys (any {threshold} sign a root) in {root_dir}: "
+        f"move them offline. Repository in {repository}; provision devices with {repo.metadata_dir / '1.root.json'}"
+    )
+
+
+def _call(method: str, url: str, *, admin: bool, **kwargs: Any) -> Any:
+    import httpx
+
+    key = os.environ.get("FEDGE_ADMIN_KEY" if admin else "FEDGE_API_KEY") or os.environ.get("FEDGE_ADMIN_KEY")
+    headers = {**kwargs.pop("headers", {}), **({"X-API-Key": key} if key else {})}
+    try:
+        response = httpx.request(method, url, headers=headers, timeout=300, **kwargs)
+    except httpx.HTTPError as exc:
+        raise RegistryRefused(f"{url}: {exc}") from None
+    if response.is_error:
+        try:
+            detail = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            detail = response.text[:300]
+        raise RegistryRefused(f"{response.status_code}: {detail}")
+    return response.json()
+
+
+def _show(data: Any, as_json: bool, columns: tuple[str, ...]) -> None:
+    rows = data if isinstance(data, list) else [data]
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table()
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(row.get(col, "")) for col in columns))
+    console.print(table)
+
+
+@registry_app.command()
+def upload(model_dir: Path, url: UrlOpt = "http://127.0.0.1:8000", as_json: JsonOpt = False) -> None:
+    """Upload a model directory (from `fedge export` or a federation run) as a new version."""
+    from sdk.manifest import load_manifest
+
+    manifest = load_manifest(model_dir)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(model_dir.iterdir()):
+            if path.is_file():
+                tar.add(path, arcname=path.name)
+    data = _call(
+        "POST",
+        f"{url}/v1/registry/models/{manifest.name}/versions",
+        admin=True,
+        content=buffer.getvalue(),
+        headers={"Content-Type": "application/gzip"},
+    )
+    _show(data, as_json, ("model", "version", "released"))
+
+
+@registry_app.command()
+def versions(model: str, url: UrlOpt = "http://127.0.0.1:8000", as_json: JsonOpt = False) -> None:
+    """List a model's versions."""
+    _show(_call("GET", f"{url}/v1/registry/models/{model}/versions", admin=False), as_json, ("version", "released"))
+
+
+@registry_app.command()
+def release(
+    model: str,
+    version: int,
+    channel: Annotated[str, typer.Option(help="Release channel.")] = "stable",
+    rollout: Annotated[int, typer.Option(min=0, max=100, help="Percent of devices.")] = 100,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign a version into the release repository and notify the fleet."""
+    body = {"model": model, "version": version, "channel": channel, "rollout": rollout}
+    data = _call("POST", f"{url}/v1/registry/releases", admin=True, json=body)
+    _show(data, as_json, ("model", "version", "channel", "rollout", "state"))
+
+
+@registry_app.command("set")
+def set_release(
+    model: str,
+    version: int,
+    state: Annotated[str | None, typer.Option(help="active, paused or aborted.")] = None,
+    rollout: Annotated[int | None, typer.Option(min=0, max=100, help="Percent of devices.")] = None,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    as_json: JsonOpt = False,
+) -> None:
+    """Pause, resume, abort or widen a release."""
+    body = {"state": state, "rollout": rollout}
+    data = _call("PATCH", f"{url}/v1/registry/releases/{model}/{version}", admin=True, json=body)
+    _show(data, as_json, ("model", "version", "channel", "rollout", "state"))
+
+
+@registry_app.command()
+def fleet(url: UrlOpt = "http://127.0.0.1:8000", as_json: JsonOpt = False) -> None:
+    """Every device: model, running version, status, last update step, last seen."""
+    data = _call("GET", f"{url}/v1/registry/fleet", admin=False)
+    _show(data, as_json, ("device_id", "model", "running_version", "status", "last_step", "last_seen"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``keys`` and ``registry`` groups to ``app``."""
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(registry_app, name="registry")

@@ -1,0 +1,79 @@
+"""`fedge keys init`, `fedge cloud serve` with a registry, and `fedge registry` as separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from sdk.mosquitto import free_port
+
+ADMIN = "cli-admin-0123456789abcdef"
+
+
+def fedge(*args, env=None, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdk.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **(env or {})},
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_key_ceremony_serve_upload_release(tmp_path, versions):
+    online, root, repo = tmp_path / "online", tmp_path / "offline-root", tmp_path / "repository"
+    out = fedge("keys", "init", "--online-dir", str(online), "--root-dir", str(root), "--repository", str(repo))
+    assert "offline" in out.stdout
+    assert sorted(p.name for p in root.iterdir()) == ["root-1.pem", "root-2.pem", "root-3.pem"]
+    assert all(oct(p.stat().st_mode)[-3:] == "600" for p in online.glob("*.pem"))
+    assert not list(online.glob("root*"))
+
+    port = free_port()
+    env = {"FEDGE_CLOUD__ADMIN_KEYS": ADMIN, "FEDGE_ADMIN_KEY": ADMIN}
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    command = [sys.executable, "-m", "sdk.cli", "cloud", "serve", "--port", str(port)]
+    command += ["--registry-url", f"sqlite:///{tmp_path / 'registry.db'}", "--repository", str(repo)]
+    command += ["--keys", str(online), "--store", str(tmp_path / "store")]
+    server = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=log,
+        env={**os.environ, **env},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert fedge("registry", "upload", str(versions(1)), "--url", url, env=env).returncode == 0
+        denied = fedge("registry", "upload", str(versions(2)), "--url", url, env={"FEDGE_ADMIN_KEY": ""}, check=False)
+        assert denied.returncode == 2
+        assert "401" in denied.stderr + denied.stdout
+        fedge("registry", "release", "digits", "1", "--rollout", "50", "--url", url, env=env)
+        listed = json.loads(fedge("registry", "versions", "digits", "--url", url, "--json", env=env).stdout)
+        assert listed[0]["released"] is True
+        changed = json.loads(
+            fedge("registry", "set", "digits", "1", "--state", "paused", "--url", url, "--json", env=env).stdout
+        )
+        assert changed["state"] == "paused"
+        assert httpx.get(f"{url}/tuf/metadata/1.root.json").json()["signed"]["_type"] == "root"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        log.close()
+    assert ADMIN not in (tmp_path / "serve.log").read_text()
