@@ -17,3 +17,11 @@ def test_http_benchmark_produces_its_figures():
     report = http.run(seconds=0.5, rounds=1, step=Progress(time.time()))
     assert report["predict_rps"] > 0
     assert report["echo_rps"] > 0
+
+
+def test_ota_benchmark_produces_its_figures(tmp_path):
+    from bench import ota
+
+    report = ota.run(devices=3, step=Progress(time.time()), cache_root=tmp_path)
+    assert report["devices"] == 3
+    assert report["bytes_per_release_file_ratio"] >= 1.0
