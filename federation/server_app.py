@@ -47,6 +47,10 @@ def run_federation(grid: Grid, context: Context, settings: FederationSettings) -
     """Run every round of ``settings`` and return (and write, with ``report-path``) the report."""
     set_seed(settings.seed)
     model = DigitsCNN()
+    if settings.init_checkpoint:
+        from federation.export import load_checkpoint
+
+        model, _ = load_checkpoint(settings.init_checkpoint)
     initial = get_weights(model)
     split = load_split(settings.seed)
     accountant = PrivacyAccountant(settings.delta) if settings.differential_privacy else None

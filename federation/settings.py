@@ -58,6 +58,7 @@ class FederationSettings:
     attack_partition: int = -1
     audit_dir: str = ""
     report_path: str = ""
+    init_checkpoint: str = ""
 
     def __post_init__(self) -> None:
         check(1 <= self.num_server_rounds <= 10_000, "num-server-rounds", "must be within 1..10000")

@@ -19,9 +19,9 @@ def test_http_benchmark_produces_its_figures():
     assert report["echo_rps"] > 0
 
 
-def test_ota_benchmark_produces_its_figures(tmp_path):
+def test_ota_benchmark_produces_its_figures():
     from bench import ota
 
-    report = ota.run(devices=3, step=Progress(time.time()), cache_root=tmp_path)
+    report = ota.run(devices=3, step=Progress(time.time()))
     assert report["devices"] == 3
     assert report["bytes_per_release_file_ratio"] >= 1.0

@@ -22,9 +22,13 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where checkpoints and model directories go.")] = Path(".fedge-demo"),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the reference model.")] = 15,
     sparsity: Annotated[float, typer.Option(help="Fraction of weights pruned before export.")] = 0.5,
+    factory_samples: Annotated[
+        int, typer.Option(help="Training images the first release sees; the fleet holds the rest.")
+    ] = 200,
     threshold: Annotated[float, typer.Option(help="Edge-first confidence threshold for the fallback stage.")] = 0.95,
     cloud: Annotated[bool, typer.Option("--cloud/--no-cloud", help="Run the cloud fallback stage.")] = True,
     federation: Annotated[bool, typer.Option("--federation/--no-federation", help="Run the federation stage.")] = True,
+    ota: Annotated[bool, typer.Option("--ota/--no-ota", help="Run the over-the-air release stage.")] = True,
 ) -> None:
     """Train, export pruned + int8, run every artifact on the device, then fall back to cloud workers over MQTT."""
     from federation.export import ExportConfig, export_model
@@ -35,18 +39,20 @@ def demo(
     set_seed(0)
     model = DigitsCNN()
     with progress() as bar:
-        task = bar.add_task("1/5 training the reference CNN on digits", total=epochs)
-        train(model, split.x_train, split.y_train, epochs=epochs, lr=3e-3, on_epoch=lambda *_: bar.advance(task))
+        # The first release is trained on a small "factory" set; the federation later learns from the fleet.
+        task = bar.add_task(f"1/6 training the first release on {factory_samples} factory images", total=epochs)
+        x_factory, y_factory = split.x_train[:factory_samples], split.y_train[:factory_samples]
+        train(model, x_factory, y_factory, epochs=epochs, lr=3e-3, on_epoch=lambda *_: bar.advance(task))
         _, torch_acc = evaluate(model, split.x_test, split.y_test)
-        step = bar.add_task("2/5 export", total=None)
+        step = bar.add_task("2/6 export", total=None)
         model_dir = workdir / "models" / "digits-v1"
         config = ExportConfig(version=1, sparsity=sparsity, overwrite=True)
         manifest = export_model(
-            model, model_dir, split, config, on_step=lambda m: bar.update(step, description=f"2/5 {m}")
+            model, model_dir, split, config, on_step=lambda m: bar.update(step, description=f"2/6 {m}")
         )
-        bar.update(step, description="2/5 export", total=1, completed=1)
+        bar.update(step, description="2/6 export", total=1, completed=1)
         kinds = list(manifest.artifacts)
-        run = bar.add_task("3/5 edge runtime over the test split", total=len(kinds) * len(split.y_test))
+        run = bar.add_task("3/6 edge runtime over the test split", total=len(kinds) * len(split.y_test))
         rows = []
         for kind in kinds:
             with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=(kind,), num_threads=1)) as rt:
@@ -75,12 +81,21 @@ def demo(
     )
     if cloud:
         cloud_stage(model_dir, split.x_test, split.y_test, threshold)
+    candidate = None
     if federation:
-        federation_stage(workdir / "versions")
+        from federation.export import save_checkpoint
+
+        checkpoint = workdir / "checkpoints" / "digits-v1.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model, checkpoint, arch="digits-cnn")
+        _, val_accuracy = evaluate(model, split.x_val, split.y_val)
+        candidate = federation_stage(model_dir, workdir / "versions", checkpoint, val_accuracy)
+    if ota and candidate is not None:
+        ota_stage(model_dir, candidate, workdir / "ota", split.x_test)
 
 
-def federation_stage(versions_dir: Path) -> None:
-    """A short Flower simulation with SecAgg+ and DP; accepted rounds become versions."""
+def federation_stage(release_dir: Path, versions_dir: Path, checkpoint: Path, release_accuracy: float) -> Path | None:
+    """Fine-tune the release across clients with SecAgg+ and DP; versions that beat it are kept; return the newest."""
     import shutil
 
     from federation.runner import SuperLink, run_app
@@ -88,17 +103,23 @@ def federation_stage(versions_dir: Path) -> None:
     from sdk.cli.federate import print_report
 
     shutil.rmtree(versions_dir, ignore_errors=True)
+    versions_dir.mkdir(parents=True)
+    shutil.copytree(release_dir, versions_dir / release_dir.name)  # the current release: candidates number after it
     settings = FederationSettings(
         num_clients=5,
         clients_per_round=5,
         num_server_rounds=5,
         privacy="secagg+dp",
-        noise_multiplier=0.05,
-        clipping_norm=2.0,
+        noise_multiplier=0.01,
+        clipping_norm=1.0,
+        local_epochs=2,
+        lr=0.002,
         versions_dir=str(versions_dir.resolve()),
+        init_checkpoint=str(checkpoint.resolve()),
+        baseline_accuracy=release_accuracy,
     )
     with progress() as bar:
-        task = bar.add_task("5/5 federation: 5 clients, SecAgg+ and DP, 5 rounds (Flower simulation)", total=5)
+        task = bar.add_task("5/6 federation: 5 clients, SecAgg+ and DP, 5 rounds (Flower simulation)", total=5)
 
         def on_line(line: str) -> None:
             if "[ROUND " in line:
@@ -112,6 +133,105 @@ def federation_stage(versions_dir: Path) -> None:
         f"candidate versions in {versions_dir}: "
         + (", ".join(f"v{c['version']} (round {c['round']})" for c in report["candidates"]) or "none")
         + f"; epsilon spent {report['epsilon']:.4g} at delta 1e-05 (5 clients cannot buy privacy: see the README)"
+    )
+    if not report["candidates"]:
+        console.print(f"no round beat the release (validation accuracy {release_accuracy:.4f}): nothing to roll out")
+        return None
+    newest = max(report["candidates"], key=lambda c: c["version"])["version"]
+    return versions_dir / f"digits-v{newest}"
+
+
+def ota_stage(release_dir: Path, candidate_dir: Path, workdir: Path, x: np.ndarray) -> None:
+    """Release v1 to four devices, then the federation's candidate: canary first, then everyone."""
+    import shutil
+    import threading
+
+    from sdk.cloud.app import create_app
+    from sdk.cloud.registry import Registry
+    from sdk.cloud.releases import ReleaseService
+    from sdk.cloud.repository import ReleaseRepository
+    from sdk.cloud.server import BackgroundServer
+    from sdk.cloud.signing import init_keys
+    from sdk.edge import EdgeConfig, EdgeRuntime
+    from sdk.edge.install import ModelStore
+    from sdk.edge.rollout import bucket
+    from sdk.edge.status import DeviceLink
+    from sdk.edge.updater import ModelUpdater, UpdateConfig, open_installed
+    from sdk.manifest import load_manifest
+    from sdk.mosquitto import Mosquitto
+    from sdk.mqtt import MqttSettings
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    candidate = load_manifest(candidate_dir).version
+    ids = ["pi-kitchen", "pi-garage", "jetson-lab", "pi-porch"]
+    canary = 50
+    history: dict[str, list[int | None]] = {d: [] for d in ids}
+    served = dict.fromkeys(ids, 0)
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack, progress() as bar:
+        step = bar.add_task("6/6 OTA: signed repository, registry, four devices", total=None)
+        broker = stack.enter_context(Mosquitto())
+        settings = MqttSettings.from_address(broker.address)
+        keys = init_keys(workdir / "keys" / "online", workdir / "keys" / "offline-root")
+        repo = ReleaseRepository.create(workdir / "repository", keys)
+        registry = Registry(f"sqlite:///{workdir / 'registry.db'}", workdir / "store", repo)
+        stack.callback(registry.close)
+        stack.enter_context(ReleaseService(registry, settings))
+        server = stack.enter_context(BackgroundServer(create_app({}, repository_dir=repo.directory, registry=registry)))
+        registry.add_version(release_dir)
+        registry.add_version(candidate_dir)
+        edge = EdgeConfig(artifacts=("onnx-int8",), num_threads=1)
+        updaters, runtimes = {}, {}
+        for device_id in ids:
+            link = stack.enter_context(DeviceLink(settings, device_id, "digits"))
+            config = UpdateConfig(model="digits", device_id=device_id, repository_url=f"{server.url}/tuf")
+            updaters[device_id] = ModelUpdater(
+                ModelStore(workdir / "devices" / device_id), config, repo.root_bytes(1), reporter=link.report
+            )
+
+        def serve(device_id: str) -> None:  # inference goes on while the model changes underneath
+            while not stop.is_set():
+                runtimes[device_id].predict(x[served[device_id] % len(x)])
+                served[device_id] += 1
+
+        def roll(what: str) -> None:
+            bar.update(step, description=f"6/6 OTA: {what}")
+            for device_id, updater in updaters.items():
+                updater.check()
+                history[device_id].append(updater.installed_version)
+
+        registry.release("digits", 1)
+        roll("release v1 to everyone")
+        threads = []
+        for device_id, updater in updaters.items():
+            runtimes[device_id] = stack.enter_context(EdgeRuntime(open_installed(updater.store, edge), edge))
+            updater.runtime = runtimes[device_id]
+            threads.append(threading.Thread(target=serve, args=(device_id,), daemon=True))
+        for t in threads:
+            t.start()
+        registry.release("digits", candidate, rollout=canary)
+        roll(f"canary: v{candidate} to {canary}% of devices")
+        registry.update_release("digits", candidate, rollout=100)
+        roll(f"v{candidate} to everyone")
+        stop.set()
+        for t in threads:
+            t.join(10)
+        deadline = time.monotonic() + 5  # status reports travel over MQTT to the fleet view
+        while any(d["running_version"] != candidate for d in registry.fleet()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fleet = {d["device_id"]: d for d in registry.fleet()}
+
+    table = Table(title=f"over-the-air: v1, then v{candidate} from the federation (canary {canary}%, then 100%)")
+    for col in ("device", "bucket", "after v1", "after canary", "after 100%", "fleet view", "answers served"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for device_id in ids:
+        v = [f"v{h}" if h else "-" for h in history[device_id]]
+        shown = fleet.get(device_id, {}).get("running_version")
+        table.add_row(device_id, str(bucket(device_id, "digits")), *v, f"v{shown}", str(served[device_id]))
+    console.print(table)
+    console.print(
+        "every file verified against TUF metadata signed by keys the devices trust; "
+        f"repository served at {server.url}/tuf; devices swapped models without dropping a call"
     )
 
 
@@ -132,7 +252,7 @@ def cloud_stage(model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float)
 
     records: list[tuple[str, bool, float]] = []
     with contextlib.ExitStack() as stack, progress() as bar:
-        step = bar.add_task("4/5 cloud: private Mosquitto, two workers, HTTP endpoint", total=None)
+        step = bar.add_task("4/6 cloud: private Mosquitto, two workers, HTTP endpoint", total=None)
         broker = stack.enter_context(Mosquitto())
         settings = MqttSettings.from_address(broker.address)
         command = [sys.executable, "-m", "sdk.cli", "cloud", "worker", "-m", str(model_dir), "--broker", broker.address]
@@ -149,7 +269,7 @@ def cloud_stage(model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float)
         config = EdgeConfig(num_threads=1, confidence_threshold=threshold, deadline_ms=250)
         rt = stack.enter_context(EdgeRuntime.from_model_dir(model_dir, config, cloud=client))
         _wait_for_workers(client, rt.manifest.name, x[0])
-        bar.update(step, description=f"4/5 edge-first at threshold {threshold}: the test split, one image per call")
+        bar.update(step, description=f"4/6 edge-first at threshold {threshold}: the test split, one image per call")
         bar.update(step, total=len(y) + 20, completed=0)
         for image, label in zip(x, y, strict=True):
             t0 = time.perf_counter()
@@ -162,7 +282,7 @@ def cloud_stage(model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float)
             headers={"X-API-Key": key},
             timeout=10,
         ).json()
-        bar.update(step, description="4/5 the cloud is stopped: 20 more calls")
+        bar.update(step, description="4/6 the cloud is stopped: 20 more calls")
         _stop_all(workers)
         for image, label in zip(x[:20], y[:20], strict=True):
             t0 = time.perf_counter()
