@@ -113,7 +113,7 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
                 if updater.check().outcome == "installed":
                     done.release()
 
-            link._on_notice = on_notice
+            link.on_notice = on_notice
             stack.enter_context(link)
         step("releasing over HTTP; waiting for every device to report the new version")
         started = time.perf_counter()

@@ -42,7 +42,7 @@ class DeviceLink:
         self.status_topic = topics.device_status(device_id)
         self.notice_topic = topics.release(model)
         self.notices = 0
-        self._on_notice = on_notice
+        self.on_notice = on_notice
         self._wake = threading.Event()
         self._stop = threading.Event()
         will = json.dumps({"device_id": device_id, "state": "offline"}).encode()
@@ -81,9 +81,9 @@ class DeviceLink:
         while not self._stop.is_set():
             self._wake.wait()
             self._wake.clear()
-            if self._stop.is_set() or self._on_notice is None:
+            if self._stop.is_set() or self.on_notice is None:
                 continue
-            self._on_notice()
+            self.on_notice()
 
     def __enter__(self) -> DeviceLink:
         return self.start()

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from sdk.config import check as check_config
+from sdk.config import load_section
 from sdk.edge.config import EdgeConfig
 from sdk.edge.install import ModelStore
 from sdk.edge.rollout import in_rollout
@@ -54,11 +56,18 @@ class UpdateConfig:
     target: str = "onnx-int8"
     channel: str = "stable"
     max_download_bytes: int = 256 * 1024 * 1024
+    check_interval_s: float = 900.0
 
     def __post_init__(self) -> None:
         check_config(self.target in ARTIFACT_KINDS, "target", f"must be one of {', '.join(ARTIFACT_KINDS)}")
         check_config(self.repository_url.startswith(("http://", "https://")), "repository_url", "must be http(s)")
         check_config(self.max_download_bytes > 0, "max_download_bytes", "must be > 0")
+        check_config(self.check_interval_s >= 1, "check_interval_s", "must be >= 1")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> UpdateConfig:
+        """Load ``[update]`` from a TOML file and ``FEDGE_UPDATE__*`` environment variables."""
+        return load_section(cls, "update", path, env)
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ class ModelUpdater:
         self.config = config
         self.runtime = runtime
         self.edge_config = edge_config or EdgeConfig(artifacts=(config.target,))
-        self._report = reporter or (lambda event: None)
+        self.reporter: Reporter = reporter or (lambda event: None)
         self._fetcher = fetcher
         self._lock = threading.Lock()
         self._metadata_dir = store.root / "tuf"
@@ -120,7 +129,7 @@ class ModelUpdater:
             **detail,
         }
         log.info("update %s: %s", step, detail or "")
-        self._report(event)
+        self.reporter(event)
 
     def check(self) -> UpdateOutcome:
         """Look for a release for this device and install it; never raises for a bad or hostile release."""

@@ -44,7 +44,7 @@ def test_a_notice_triggers_a_check_and_status_is_reported(broker, device, repo, 
         done.set()
 
     with DeviceLink(settings, "pi-n1", "digits", on_notice) as link:
-        updater._report = link.report
+        updater.reporter = link.report
         repo.release(versions(1))
         publish_retained(settings, topics.release("digits"), notice_payload("digits", 1))
         assert done.wait(30)

@@ -59,7 +59,7 @@ def test_versions_releases_and_fleet(registry, versions, device):
     updater = device(
         "pi-r1",
     )
-    updater._report = registry.record_status
+    updater.reporter = registry.record_status
     assert updater.check().outcome == "installed"
     (entry,) = registry.fleet()
     assert entry["device_id"] == "pi-r1"

@@ -78,7 +78,7 @@ def test_upload_release_notice_update_and_fleet(cloud, versions, repo, tmp_path)
 
     with DeviceLink(settings, "pi-e2e", "digits") as link:
         updater = ModelUpdater(store, config, repo.root_bytes(1), reporter=link.report)
-        link._on_notice = lambda: updater.check().outcome == "installed" and installed.set()
+        link.on_notice = lambda: updater.check().outcome == "installed" and installed.set()
         release = httpx.post(f"{url}/releases", json={"model": "digits", "version": 1}, headers=admin)
         assert release.status_code == 201, release.text
         assert installed.wait(30), "the notice did not lead to an install"
