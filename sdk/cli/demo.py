@@ -184,7 +184,9 @@ def ota_stage(release_dir: Path, candidate_dir: Path, workdir: Path, x: np.ndarr
         updaters, runtimes = {}, {}
         for device_id in ids:
             link = stack.enter_context(DeviceLink(settings, device_id, "digits"))
-            config = UpdateConfig(model="digits", device_id=device_id, repository_url=f"{server.url}/tuf")
+            config = UpdateConfig(
+                model="digits", device_id=device_id, repository_url=f"{server.url}/tuf", health_window_s=1.0
+            )
             updaters[device_id] = ModelUpdater(
                 ModelStore(workdir / "devices" / device_id), config, repo.root_bytes(1), reporter=link.report
             )

@@ -148,6 +148,8 @@ class EdgeRuntime:
             ResultCache(self._config.cache_size) if self._config.cache_size else None
         )
         self._local_s = 0.0  # a running estimate of one local call, to keep room for it before the deadline
+        self.local_calls = 0
+        self.local_errors = 0
         self._closed = False
         self._lock = threading.Lock()
         if model is None and cloud is None:
@@ -236,7 +238,7 @@ class EdgeRuntime:
             if cached is not None:
                 return _result(*cached, model.manifest, single, start)
         if mode == "edge-only":
-            answer = _Answer(model.backend.run(batch), None, None)
+            answer = _Answer(self._run_local(model, batch), None, None)
         elif mode == "edge-first":
             answer = self._edge_first(model, batch, start)
         else:
@@ -247,9 +249,7 @@ class EdgeRuntime:
 
     def _edge_first(self, model: LoadedModel, batch: np.ndarray, start: float) -> _Answer:
         try:
-            t0 = time.perf_counter()
-            outputs = model.backend.run(batch)
-            self._local_s = 0.8 * self._local_s + 0.2 * (time.perf_counter() - t0)
+            outputs = self._run_local(model, batch)
         except BackendError as exc:
             log.warning("local engine failed (%s); asking the cloud", exc)
             reply = self._ask_cloud(model.manifest.name, batch, start)
@@ -281,10 +281,19 @@ class EdgeRuntime:
         except CloudError:
             if mode == "cloud-only":
                 raise
-        t0 = time.perf_counter()
-        outputs = model.backend.run(batch)
-        self._local_s = 0.8 * self._local_s + 0.2 * (time.perf_counter() - t0)
+        outputs = self._run_local(model, batch)
         return _Answer(outputs, ("edge-degraded",) * len(batch), None)
+
+    def _run_local(self, model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        self.local_calls += 1  # approximate under threads: health statistics, not accounting
+        try:
+            outputs = model.backend.run(batch)
+        except BackendError:
+            self.local_errors += 1
+            raise
+        self._local_s = 0.8 * self._local_s + 0.2 * (time.perf_counter() - t0)
+        return outputs
 
     def _predict_remote(self, x: np.ndarray, start: float) -> Prediction | BatchPrediction:
         if self._config.fallback == "edge-only":

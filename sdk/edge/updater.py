@@ -11,9 +11,10 @@ pick the newest active release for this device's channel that its rollout bucket
 download the manifest, the artifact for this device's target and the probe (each verified
 against the signed length and sha256), check that the manifest is the release it claims,
 load it and run its probe, publish it as a new version directory, point ``current`` at it,
-swap it into the running runtime, run the probe again on the live model, and roll back to
-the previous version if that fails. Every step is reported; any refusal leaves the device
-serving the model it had. An MQTT notice only triggers a ``check``: it installs nothing.
+swap it into the running runtime, then watch a health window (the probe again, several
+times, and the error rate of live calls) and roll back to the previous version on failure.
+Every step is reported; any refusal leaves the device serving the model it had. An MQTT
+notice only triggers a ``check``: it installs nothing.
 """
 
 from __future__ import annotations
@@ -57,12 +58,18 @@ class UpdateConfig:
     channel: str = "stable"
     max_download_bytes: int = 256 * 1024 * 1024
     check_interval_s: float = 900.0
+    health_window_s: float = 10.0
+    health_probes: int = 3
+    max_error_rate: float = 0.05
 
     def __post_init__(self) -> None:
         check_config(self.target in ARTIFACT_KINDS, "target", f"must be one of {', '.join(ARTIFACT_KINDS)}")
         check_config(self.repository_url.startswith(("http://", "https://")), "repository_url", "must be http(s)")
         check_config(self.max_download_bytes > 0, "max_download_bytes", "must be > 0")
         check_config(self.check_interval_s >= 1, "check_interval_s", "must be >= 1")
+        check_config(self.health_window_s >= 0, "health_window_s", "must be >= 0")
+        check_config(self.health_probes >= 1, "health_probes", "must be >= 1")
+        check_config(0 <= self.max_error_rate <= 1, "max_error_rate", "must be within [0, 1]")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> UpdateConfig:
@@ -275,15 +282,31 @@ class ModelUpdater:
             model = load_model(installed, self.edge_config)
         except FedgeError as exc:
             return self._roll_back(f"v{version} did not load after install: {exc}")
+        calls, errors = self.runtime.local_calls, self.runtime.local_errors
         self.runtime.swap(model)
         self.report("installed", installed_version=version)
-        try:
-            smoke_test(model)  # the live model answers its probe: the health check after the swap
-        except FedgeError as exc:
-            return self._roll_back(f"v{version} failed its health check: {exc}")
+        problem = self._watch(model, calls, errors)
+        if problem is not None:
+            return self._roll_back(f"v{version} failed its health window: {problem}")
         self.report("healthy", installed_version=version)
         self.store.prune()
         return UpdateOutcome("installed", version)
+
+    def _watch(self, model: LoadedModel, calls: int, errors: int) -> str | None:
+        """Probe the live model through the health window and watch its error rate; the problem, or None."""
+        assert self.runtime is not None
+        pause = self.config.health_window_s / self.config.health_probes
+        for _ in range(self.config.health_probes):
+            try:
+                smoke_test(model)
+            except FedgeError as exc:
+                return f"probe failed: {exc}"
+            time.sleep(pause)
+        new_calls = self.runtime.local_calls - calls
+        new_errors = self.runtime.local_errors - errors
+        if new_calls and new_errors / new_calls > self.config.max_error_rate:
+            return f"{new_errors} of {new_calls} calls failed (more than {self.config.max_error_rate:.0%})"
+        return None
 
     def _roll_back(self, reason: str) -> UpdateOutcome:
         try:

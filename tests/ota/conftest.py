@@ -61,7 +61,9 @@ def device(tmp_path, repo, server):
 
     def make(device_id: str = "pi-1", **kwargs) -> ModelUpdater:
         store = ModelStore(tmp_path / "devices" / device_id)
-        config = UpdateConfig(model="digits", device_id=device_id, repository_url=f"{server.url}/tuf")
+        config = UpdateConfig(
+            model="digits", device_id=device_id, repository_url=f"{server.url}/tuf", health_window_s=0.2
+        )
         updater = ModelUpdater(store, config, repo.root_bytes(1), reporter=events.append, **kwargs)
         updater.events = events
         return updater

@@ -5,6 +5,7 @@ In each attack the device reports the rejection and keeps serving the model it h
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
@@ -277,3 +278,40 @@ def test_edge_config_for_updates_loads_a_partial_directory(device, repo, version
     updater.check()
     with EdgeRuntime.from_model_dir(updater.store.current(), EdgeConfig(artifacts=("onnx-int8",))) as rt:
         assert rt.artifact.kind == "onnx-int8"
+
+
+def test_errors_in_the_health_window_roll_back(device, repo, versions):
+    import threading
+
+    from sdk.errors import BackendError
+
+    updater = installed_then(device, repo, versions)
+    repo.release(versions(2))
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            with contextlib.suppress(BackendError):
+                updater.runtime.predict(SAMPLE)
+
+    def on_step(event, original=updater.reporter):
+        original(event)
+        if event["step"] == "installed" and event.get("installed_version") == 2:
+
+            def broken(x):  # fault injection: the new engine fails on live traffic
+                raise BackendError("injected engine failure")
+
+            updater.runtime.backend.run = broken
+
+    updater.reporter = on_step
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        outcome = updater.check()
+    finally:
+        stop.set()
+        worker.join(10)
+    assert outcome.outcome == "rolled-back"
+    assert "health window" in outcome.detail
+    assert updater.runtime.manifest.version == 1
+    assert updater.runtime.predict(SAMPLE).model_version == 1
