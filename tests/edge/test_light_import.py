@@ -19,3 +19,15 @@ def test_edge_runtime_imports_no_heavy_framework(model_dir):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_device_side_modules_import_no_heavy_framework():
+    modules = "sdk.edge.cloud_client sdk.edge.updater sdk.edge.status sdk.edge.install sdk.edge.calibration"
+    code = (
+        "import sys, importlib\n"
+        f"for name in {modules.split()!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
