@@ -68,3 +68,24 @@ def test_invalid_toml_and_missing_file(tmp_path):
 def test_direct_construction_is_validated_too():
     with pytest.raises(ConfigError, match="max_batch_size"):
         EdgeConfig(max_batch_size=0)
+
+
+def test_the_readme_configuration_example_loads(tmp_path):
+    from pathlib import Path
+
+    from federation.export import ExportConfig
+    from sdk.cloud.config import CloudConfig
+    from sdk.edge import EdgeConfig
+    from sdk.edge.updater import UpdateConfig
+    from sdk.mqtt import MqttSettings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("### Configuration", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    path = tmp_path / "fedge.toml"
+    path.write_text(block)
+    env: dict[str, str] = {}
+    assert EdgeConfig.load(path, env).fallback == "edge-first"
+    assert MqttSettings.load(path, env).tls is True
+    assert UpdateConfig.load(path, env).target == "tflite"
+    assert CloudConfig.load(path, env).max_queue == 1024
+    assert ExportConfig.load(path, env).sparsity == 0.5
