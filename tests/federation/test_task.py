@@ -59,3 +59,26 @@ def test_partition_rejects_impossible_requests():
         dirichlet_partition(np.zeros(3, int), 5, alpha=1.0)
     with pytest.raises(ValueError, match="alpha"):
         dirichlet_partition(np.zeros(30, int), 5, alpha=0.0)
+
+
+def test_a_device_supplies_its_own_data_through_the_provider_hook(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from federation.client_app import load_node_data
+    from federation.settings import FederationSettings
+
+    (tmp_path / "my_device_data.py").write_text(
+        "import numpy as np\ndef load():\n    return np.ones((7, 1, 8, 8)), np.arange(7) % 10\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    context = SimpleNamespace(node_config={"data-provider": "my_device_data:load"})
+    x, y, partition = load_node_data(context, FederationSettings())
+    assert x.shape == (7, 1, 8, 8)
+    assert x.dtype == np.float32
+    assert y.dtype == np.int64
+    assert partition == -1
+
+    context = SimpleNamespace(node_config={"partition-id": 2, "num-partitions": 4})
+    _, y2, partition = load_node_data(context, FederationSettings())
+    assert partition == 2
+    assert 0 < len(y2) < 1168
