@@ -12,8 +12,6 @@ are ratios of those throughputs.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import threading
@@ -23,9 +21,8 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
-from bench.harness import Progress, percentiles_us, ratio, stdout_to_stderr
+from bench.harness import Progress, command_line, figures_table, percentiles_us, ratio
 from sdk.cloud.batching import BatcherConfig
 from sdk.cloud.inference import InferenceService
 
@@ -128,32 +125,19 @@ def run(quick: bool, cache_root: Path | None, step: Progress) -> dict[str, Any]:
 
 def render(report: dict[str, Any], console: Console) -> None:
     """Print the report as a table."""
-    table = Table(title=f"dynamic batching, MobileNetV2 fp32 on {report['device']}, {report['clients']} clients")
-    for column in ("figure", "value"):
-        table.add_column(column, justify="left" if column == "figure" else "right")
-    for key, value in report.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            table.add_row(key, f"{value:,.4g}")
-    console.print(table)
+    numbers = [k for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    title = f"dynamic batching, MobileNetV2 fp32 on {report['device']}, {report['clients']} clients"
+    console.print(figures_table(title, report, numbers, {"throughput_vs_raw_batched": ">= 0.8"}))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="6 s phases instead of 20 s")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
-    parser.add_argument("--cache-dir", type=Path, help="where built MobileNetV2 model dirs are kept")
-    args = parser.parse_args(argv)
-    step = Progress(time.time())
-    with stdout_to_stderr() as stdout:
-        report = run(args.quick, args.cache_dir, step)
-        step("done")
-        if args.json:
-            stdout.write(json.dumps(report) + "\n")
-        else:
-            render(report, Console(file=stdout))
-    return 0
-
+main = command_line(
+    "python -m bench.batching",
+    __doc__,
+    quick_help="6 s phases instead of 20 s",
+    run=lambda args, step: run(args.quick, args.cache_dir, step),
+    render=render,
+    arguments=lambda parser: parser.add_argument("--cache-dir", type=Path, help="where MobileNetV2 dirs are kept"),
+)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import Progress, interleaved_medians, ratio, stdout_to_stderr
+from bench.harness import Progress, command_line, interleaved_medians, ratio
 from sdk.edge import EdgeConfig, EdgeRuntime
 from sdk.manifest import Manifest, load_manifest
 
@@ -261,28 +260,27 @@ def render(report: Mapping[str, Any], console: Console) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m bench.edge", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, fewer calibration samples, short training")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of tables")
+def _arguments(parser: argparse.ArgumentParser) -> None:
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", type=Path, help="where built MobileNetV2 model dirs are kept")
     cache.add_argument("--no-cache", action="store_true", help="build MobileNetV2 afresh in a temp dir")
-    args = parser.parse_args(argv)
-    step = Progress(time.time())
 
+
+def _run(args: argparse.Namespace, step: Progress) -> dict[str, Any]:
     from bench.mobilenet import default_cache_root
 
     cache_root = None if args.no_cache else args.cache_dir or default_cache_root()
-    with stdout_to_stderr() as stdout:
-        report = run(QUICK if args.quick else FULL, cache_root, step)
-        step("done")
-        if args.json:
-            stdout.write(json.dumps(report, sort_keys=False) + "\n")
-        else:
-            render(report, Console(file=stdout))
-    return 0
+    return run(QUICK if args.quick else FULL, cache_root, step)
+
+
+main = command_line(
+    "python -m bench.edge",
+    __doc__,
+    quick_help="fewer rounds, fewer calibration samples, short training",
+    run=_run,
+    render=render,
+    arguments=_arguments,
+)
 
 
 if __name__ == "__main__":

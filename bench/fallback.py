@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import subprocess
 import sys
 import tempfile
@@ -27,9 +26,8 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
-from bench.harness import Progress, percentiles_us, ratio, stdout_to_stderr
+from bench.harness import Progress, command_line, figures_table, percentiles_us, ratio
 from bench.trivial import FEATURES, NAME, build_trivial_model_dir
 from sdk import wire
 from sdk.edge import EdgeConfig, EdgeRuntime
@@ -156,36 +154,27 @@ def run(rounds: int, warmup: int, step: Progress) -> dict[str, Any]:
 
 def render(report: dict[str, Any], console: Console) -> None:
     """Print the report as a table."""
-    table = Table(title=f"cloud fallback round trip, {report['payload_bytes']} B payload, {report['rounds']} rounds")
-    for column in ("figure", "value", "target"):
-        table.add_column(column, justify="left" if column == "figure" else "right")
-    for key in ("rtt_ratio_p50", "rtt_ratio_p99"):
-        ok = report["meets_targets"][key]
-        table.add_row(key, f"{report[key]:.3g}", f"[{'green' if ok else 'red'}]<= {TARGETS[key]}[/]")
-    for key in ("fedge_p50_us", "fedge_p99_us", "raw_echo_p50_us", "raw_echo_p99_us"):
-        table.add_row(key, f"{report[key]:,.1f}", "")
-    console.print(table)
+    keys = ("rtt_ratio_p50", "rtt_ratio_p99", "fedge_p50_us", "fedge_p99_us", "raw_echo_p50_us", "raw_echo_p99_us")
+    title = f"cloud fallback round trip, {report['payload_bytes']} B payload, {report['rounds']} rounds"
+    console.print(figures_table(title, report, keys, {k: f"<= {v}" for k, v in TARGETS.items()}))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m bench.fallback", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="500 rounds instead of 5000")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
-    parser.add_argument("--echo-server", metavar="HOST:PORT", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+def _echo_mode(args: argparse.Namespace) -> bool:
     if args.echo_server:
         echo_server(args.echo_server)
-        return 0
-    step = Progress(time.time())
-    with stdout_to_stderr() as stdout:
-        report = run(500 if args.quick else 5000, 50 if args.quick else 200, step)
-        step("done")
-        if args.json:
-            stdout.write(json.dumps(report) + "\n")
-        else:
-            render(report, Console(file=stdout))
-    return 0
+        return True
+    return False
+
+
+main = command_line(
+    "python -m bench.fallback",
+    __doc__,
+    quick_help="500 rounds instead of 5000",
+    run=lambda args, step: run(500 if args.quick else 5000, 50 if args.quick else 200, step),
+    render=render,
+    arguments=lambda parser: parser.add_argument("--echo-server", metavar="HOST:PORT", help=argparse.SUPPRESS),
+    before=_echo_mode,
+)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ each run, which starts the Ray actors, is left out; figures are medians over the
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-from bench.harness import Progress, ratio, stdout_to_stderr
+from bench.harness import Progress, command_line, figures_table, ratio
 from federation.runner import SuperLink, flwr_run, run_app
 from federation.settings import FederationSettings
 
@@ -74,32 +71,19 @@ def run(clients: int, rounds: int, step: Progress, repeats: int = 1) -> dict[str
 
 def render(report: dict[str, Any], console: Console) -> None:
     """Print the report as a table."""
-    table = Table(title=f"federation rounds, {report['clients']} clients, median of rounds 2..{report['rounds']}")
-    for column in ("figure", "value"):
-        table.add_column(column, justify="left" if column == "figure" else "right")
-    table.add_row("round_overhead_ratio (target <= 1.15)", f"{report['round_overhead_ratio']:.3g}")
-    table.add_row("secagg_overhead_ratio", f"{report['secagg_overhead_ratio']:.3g}")
-    for name, seconds in report["round_s"].items():
-        table.add_row(f"round seconds, {name}", f"{seconds:.3f}")
-    console.print(table)
+    flat = {**report, **{f"round seconds, {name}": s for name, s in report["round_s"].items()}}
+    keys = ["round_overhead_ratio", "secagg_overhead_ratio", *(f"round seconds, {n}" for n in report["round_s"])]
+    title = f"federation rounds, {report['clients']} clients, medians over rounds 2..{report['rounds']}"
+    console.print(figures_table(title, flat, keys, {"round_overhead_ratio": "<= 1.15"}))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m bench.federation", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 clients, 4 rounds instead of 5 clients, 10 rounds")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
-    args = parser.parse_args(argv)
-    step = Progress(time.time())
-    with stdout_to_stderr() as stdout:
-        report = run(3 if args.quick else 5, 4 if args.quick else 10, step, repeats=1 if args.quick else 3)
-        step("done")
-        if args.json:
-            stdout.write(json.dumps(report) + "\n")
-        else:
-            render(report, Console(file=stdout))
-    return 0
-
+main = command_line(
+    "python -m bench.federation",
+    __doc__,
+    quick_help="3 clients, 4 rounds, once, instead of 5 clients, 10 rounds, three times",
+    run=lambda args, step: run(3 if args.quick else 5, 4 if args.quick else 10, step, 1 if args.quick else 3),
+    render=render,
+)
 
 if __name__ == "__main__":
     sys.exit(main())

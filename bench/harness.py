@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
+import json
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-__all__ = ["Progress", "interleaved_medians", "percentiles_us", "ratio", "stdout_to_stderr"]
+__all__ = [
+    "Progress",
+    "command_line",
+    "figures_table",
+    "interleaved_medians",
+    "percentiles_us",
+    "ratio",
+    "stdout_to_stderr",
+]
 
 
 @dataclass(frozen=True)
@@ -77,3 +89,58 @@ def ratio(numerator: float, denominator: float) -> float:
 def percentiles_us(samples_s: list[float], *qs: float) -> list[float]:
     """Percentiles ``qs`` of durations in seconds, in microseconds rounded to 0.1."""
     return [round(float(v) * 1e6, 1) for v in np.percentile(np.asarray(samples_s), qs)]
+
+
+def figures_table(
+    title: str, report: Mapping[str, Any], keys: Iterable[str], targets: Mapping[str, str] | None = None
+) -> Table:
+    """A figure / value (/ target) table of the numbers in ``report`` under ``keys``."""
+    table = Table(title=title)
+    columns = ("figure", "value", "target") if targets else ("figure", "value")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    met = report.get("meets_targets", {})
+    for key in keys:
+        row = [key, f"{report[key]:,.4g}"]
+        if targets:
+            colour = "green" if met.get(key) else "red"
+            row.append(f"[{colour}]{targets[key]}[/]" if key in targets else "")
+        table.add_row(*row)
+    return table
+
+
+def command_line(
+    prog: str,
+    doc: str,
+    *,
+    quick_help: str,
+    run: Callable[[argparse.Namespace, Progress], dict[str, Any]],
+    render: Callable[[dict[str, Any], Console], None],
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    before: Callable[[argparse.Namespace], bool] | None = None,
+) -> Callable[[list[str] | None], int]:
+    """The ``main`` of a benchmark: ``--quick``, ``--json``, progress on stderr, one report on stdout.
+
+    ``before`` may handle the parsed arguments itself (a helper process mode) and return True.
+    """
+
+    def main(argv: list[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+        parser.add_argument("--quick", action="store_true", help=quick_help)
+        parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of tables")
+        if arguments is not None:
+            arguments(parser)
+        args = parser.parse_args(argv)
+        if before is not None and before(args):
+            return 0
+        step = Progress(time.time())
+        with stdout_to_stderr() as stdout:
+            report = run(args, step)
+            step("done")
+            if args.json:
+                stdout.write(json.dumps(report) + "\n")
+            else:
+                render(report, Console(file=stdout))
+        return 0
+
+    return main

@@ -23,10 +23,9 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request, Response
 from rich.console import Console
-from rich.table import Table
 
 from bench.fallback import start, wait_until
-from bench.harness import Progress, ratio, stdout_to_stderr
+from bench.harness import Progress, command_line, figures_table, ratio
 from bench.trivial import FEATURES, NAME, build_trivial_model_dir
 from sdk.mosquitto import free_port
 
@@ -131,35 +130,32 @@ def run(seconds: float, rounds: int, step: Progress) -> dict[str, Any]:
 
 def render(report: dict[str, Any], console: Console) -> None:
     """Print the report as a table."""
-    table = Table(title=f"HTTP predict vs bare FastAPI echo, {report['concurrency']} in flight")
-    for column in ("figure", "value"):
-        table.add_column(column, justify="left" if column == "figure" else "right")
-    for key in ("rps_ratio", "predict_rps", "echo_rps", "body_bytes"):
-        table.add_row(key, f"{report[key]:,.4g}")
-    console.print(table)
+    title = f"HTTP predict vs bare FastAPI echo, {report['concurrency']} in flight"
+    console.print(figures_table(title, report, ("rps_ratio", "predict_rps", "echo_rps", "body_bytes")))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m bench.http", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two 5 s rounds instead of three 15 s rounds")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve", choices=("echo", "predict"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+
+
+def _server_mode(args: argparse.Namespace) -> bool:
     if args.serve:
         serve(args.serve, args.port, args.model_dir)
-        return 0
-    step = Progress(time.time())
-    with stdout_to_stderr() as stdout:
-        report = run(5.0 if args.quick else 15.0, 2 if args.quick else 3, step)
-        step("done")
-        if args.json:
-            stdout.write(json.dumps(report) + "\n")
-        else:
-            render(report, Console(file=stdout))
-    return 0
+        return True
+    return False
+
+
+main = command_line(
+    "python -m bench.http",
+    __doc__,
+    quick_help="two 5 s rounds instead of three 15 s rounds",
+    run=lambda args, step: run(5.0 if args.quick else 15.0, 2 if args.quick else 3, step),
+    render=render,
+    arguments=_arguments,
+    before=_server_mode,
+)
 
 
 if __name__ == "__main__":

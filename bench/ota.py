@@ -15,9 +15,7 @@ have (artifact, manifest and the probe for its smoke test), leaving the TUF over
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import sys
 import tempfile
 import threading
@@ -28,10 +26,9 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.table import Table
 from tuf.ngclient import Urllib3Fetcher
 
-from bench.harness import Progress, ratio, stdout_to_stderr
+from bench.harness import Progress, command_line, figures_table, ratio
 from sdk.cloud.app import create_app
 from sdk.cloud.config import CloudConfig
 from sdk.cloud.registry import Registry
@@ -147,32 +144,20 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
 
 def render(report: dict[str, Any], console: Console) -> None:
     """Print the report as a table."""
-    table = Table(title=f"OTA rollout of int8 MobileNetV2 to {report['devices']} devices")
-    for column in ("figure", "value"):
-        table.add_column(column, justify="left" if column == "figure" else "right")
-    figures = ("devices_per_second", "release_to_last_device_s", "bytes_per_device", "bytes_per_device_ratio")
-    for key in (*figures, "bytes_per_release_file_ratio"):
-        table.add_row(key, f"{report[key]:,.4g}")
+    keys = ("devices_per_second", "release_to_last_device_s", "bytes_per_device", "bytes_per_device_ratio")
+    title = f"OTA rollout of int8 MobileNetV2 to {report['devices']} devices"
+    table = figures_table(title, report, (*keys, "bytes_per_release_file_ratio"), {"bytes_per_device_ratio": "<= 1.1"})
     console.print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m bench.ota", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20 devices instead of 100")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
-    parser.add_argument("--cache-dir", type=Path, help="where the built MobileNetV2 model dir is kept")
-    args = parser.parse_args(argv)
-    step = Progress(time.time())
-    with stdout_to_stderr() as stdout:
-        report = run(20 if args.quick else 100, step, args.cache_dir)
-        step("done")
-        if args.json:
-            stdout.write(json.dumps(report) + "\n")
-        else:
-            render(report, Console(file=stdout))
-    return 0
-
+main = command_line(
+    "python -m bench.ota",
+    __doc__,
+    quick_help="20 devices instead of 100",
+    run=lambda args, step: run(20 if args.quick else 100, step, args.cache_dir),
+    render=render,
+    arguments=lambda parser: parser.add_argument("--cache-dir", type=Path, help="where MobileNetV2 dirs are kept"),
+)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -91,47 +91,77 @@ def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: 
         time.sleep(0.2)
 
 
-class SuperLink:
+class _FlowerProcess:
+    """A Flower process in its own session and FLWR_HOME, logging to a file, stopped with its children."""
+
+    log_name = "flower.log"
+
+    def __init__(self, home: str | os.PathLike[str] | None, prefix: str) -> None:
+        self._own_home = home is None
+        self.home = Path(home or tempfile.mkdtemp(prefix=prefix))
+        self.log_file = self.home / self.log_name
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        """The command line of the process."""
+        raise NotImplementedError
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self._proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=log, env=flower_env(self.home), start_new_session=True
+            )
+        return self._proc
+
+    def wait(self) -> int:
+        """Wait for the process to end and return its exit status."""
+        assert self._proc is not None
+        return self._proc.wait()
+
+    def stop(self) -> None:
+        """Stop the process and every process it started."""
+        if self._proc is not None:
+            _stop_group(self._proc)
+            self._proc = None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        if self._own_home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+class SuperLink(_FlowerProcess):
     """A ``flower-superlink`` process on loopback: ``with SuperLink(simulation=True) as link: ...``."""
+
+    log_name = "superlink.log"
 
     def __init__(self, *, simulation: bool, home: str | os.PathLike[str] | None = None, port: int | None = None):
         """Prepare a SuperLink (simulation engine or deployment engine) with its own FLWR_HOME."""
+        super().__init__(home, "fedge-flwr-")
         self.simulation = simulation
-        self._own_home = home is None
-        self.home = Path(home or tempfile.mkdtemp(prefix="fedge-flwr-"))
         self.port = port or free_port()
-        self.log_file = self.home / "superlink.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
         """``HOST:PORT`` of the SuperLink's HTTP APIs (Control and Fleet)."""
         return f"127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        """The ``flower-superlink`` command line."""
+        command = ["flower-superlink", "--insecure", "--isolation", "subprocess", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--database", str(self.home / "state.db")]
+        command.append("--disable-runtime-dependency-installation")
+        return [*command, "--simulation"] if self.simulation else command
+
     def start(self, timeout: float = 60.0) -> SuperLink:
         """Start the process, wait for its health endpoint, and register it as the ``fedge`` connection."""
         self.home.mkdir(parents=True, exist_ok=True)
         write_connection(self.home, self.address)
-        command = [
-            "flower-superlink",
-            "--insecure",
-            "--isolation",
-            "subprocess",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--database",
-            str(self.home / "state.db"),
-            "--disable-runtime-dependency-installation",
-        ]
-        if self.simulation:
-            command.append("--simulation")
-        with open(self.log_file, "ab") as log:
-            self._proc = subprocess.Popen(
-                command, stdout=log, stderr=log, env=flower_env(self.home), start_new_session=True
-            )
-        _wait_until(self._healthy, self._proc, "flower-superlink", self.log_file, timeout)
+        proc = self._spawn()
+        _wait_until(self._healthy, proc, "flower-superlink", self.log_file, timeout)
         return self
 
     def _healthy(self) -> bool:
@@ -140,21 +170,8 @@ class SuperLink:
         except httpx.HTTPError:
             return False
 
-    def stop(self) -> None:
-        """Stop the SuperLink and every process it started."""
-        if self._proc is not None:
-            _stop_group(self._proc)
-            self._proc = None
-
     def __enter__(self) -> SuperLink:
         return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-        if self._own_home:
-            shutil.rmtree(self.home, ignore_errors=True)
 
 
 def write_connection(home: Path, address: str) -> Path:
@@ -166,62 +183,31 @@ def write_connection(home: Path, address: str) -> Path:
     return path
 
 
-class SuperNode:
+class SuperNode(_FlowerProcess):
     """A ``flower-supernode`` process: the command a device runs to join a federation."""
+
+    log_name = "supernode.log"
 
     def __init__(self, superlink: str, node_config: Mapping[str, Any], *, home: str | os.PathLike[str] | None = None):
         """Prepare a SuperNode for ``superlink`` (``HOST:PORT``) with ``node_config`` (e.g. ``partition-id``)."""
+        super().__init__(home, "fedge-supernode-")
         self.superlink = superlink
         self.node_config = dict(node_config)
-        self.home = Path(home or tempfile.mkdtemp(prefix="fedge-supernode-"))
         self.port = free_port()
-        self.log_file = self.home / "supernode.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         """The ``flower-supernode`` command line."""
-        return [
-            "flower-supernode",
-            "--insecure",
-            "--superlink",
-            self.superlink,
-            "--node-config",
-            toml_overrides(self.node_config),
-            "--isolation",
-            "subprocess",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
+        command = ["flower-supernode", "--insecure", "--superlink", self.superlink]
+        command += ["--node-config", toml_overrides(self.node_config), "--isolation", "subprocess"]
+        return [*command, "--host", "127.0.0.1", "--port", str(self.port)]
 
     def start(self) -> SuperNode:
         """Start the process; it connects (and reconnects) to the SuperLink by itself."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self._proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=log, env=flower_env(self.home), start_new_session=True
-            )
+        self._spawn()
         return self
-
-    def wait(self) -> int:
-        """Wait for the process to end and return its exit status."""
-        assert self._proc is not None
-        return self._proc.wait()
-
-    def stop(self) -> None:
-        """Stop the SuperNode and its ClientApp processes."""
-        if self._proc is not None:
-            _stop_group(self._proc)
-            self._proc = None
 
     def __enter__(self) -> SuperNode:
         return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def toml_overrides(values: Mapping[str, Any]) -> str:
