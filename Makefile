@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fallback
 	$(BIN)/python -m bench.batching
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.federation
+	$(BIN)/python -m bench.ota
 
 clean:
 	rm -rf .fedge-demo .pytest_cache .ruff_cache
