@@ -52,6 +52,30 @@ def keys_init(
     )
 
 
+@keys_app.command("rotate-root")
+def keys_rotate_root(
+    repository: Annotated[Path, typer.Option(help="The signed release repository.")],
+    online_dir: Annotated[Path, typer.Option(help="The online keys (they stay).")],
+    old_root_dir: Annotated[Path, typer.Option(help="The current root keys (offline).")],
+    new_root_dir: Annotated[Path, typer.Option(help="Where the new root keys go (offline).")],
+    root_keys: Annotated[int, typer.Option(help="Number of new root keys.")] = 3,
+    threshold: Annotated[int, typer.Option(help="New root signatures needed to trust the next root.")] = 2,
+) -> None:
+    """Replace the root keys: the new root is signed by the current root keys and by the new ones."""
+    from sdk.cloud.repository import ReleaseRepository
+    from sdk.cloud.signing import KeySet, load_signers, new_signer, write_private
+
+    if not 1 <= threshold <= root_keys:
+        raise typer.BadParameter(f"must be within 1..{root_keys}", param_hint="--threshold")
+    old = load_signers(old_root_dir)
+    new = [new_signer() for _ in range(root_keys)]
+    for i, signer in enumerate(new):
+        write_private(new_root_dir / f"root-{i + 1}.pem", signer)
+    repo = ReleaseRepository(repository, KeySet.online_only(online_dir))
+    version = repo.rotate_root(old, new, threshold)
+    console.print(f"root v{version} signed by {len(old)} old and {root_keys} new keys (any {threshold} sign the next)")
+
+
 def _call(method: str, url: str, *, admin: bool, **kwargs: Any) -> Any:
     import httpx
 

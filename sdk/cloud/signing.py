@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 
-__all__ = ["ONLINE_ROLES", "KeySet", "init_keys", "load_signers", "new_signer"]
+__all__ = ["ONLINE_ROLES", "KeySet", "init_keys", "load_signers", "new_signer", "write_private"]
 
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 
@@ -26,7 +26,8 @@ def new_signer() -> CryptoSigner:
     return CryptoSigner.generate_ed25519()
 
 
-def _write_private(path: Path, signer: CryptoSigner) -> None:
+def write_private(path: Path, signer: CryptoSigner) -> None:
+    """Write ``signer``'s private key to a new file of mode 0600 (never over an existing one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -82,8 +83,8 @@ def init_keys(
     if online.resolve() == root.resolve():
         raise ValueError("the root keys must not live with the online keys")
     for role in ONLINE_ROLES:
-        _write_private(online / f"{role}.pem", new_signer())
+        write_private(online / f"{role}.pem", new_signer())
     for i in range(root_keys):
-        _write_private(root / f"root-{i + 1}.pem", new_signer())
+        write_private(root / f"root-{i + 1}.pem", new_signer())
     (online / "keys.json").write_text(json.dumps({"root_threshold": root_threshold}))
     return KeySet(online, root, root_threshold)

@@ -77,3 +77,38 @@ def test_key_ceremony_serve_upload_release(tmp_path, versions):
         server.wait(30)
         log.close()
     assert ADMIN not in (tmp_path / "serve.log").read_text()
+
+
+def test_root_rotation_from_the_command_line_is_followed_by_devices(tmp_path, versions):
+    from sdk.cloud.app import create_app
+    from sdk.cloud.repository import ReleaseRepository
+    from sdk.cloud.server import BackgroundServer
+    from sdk.cloud.signing import KeySet
+    from sdk.edge.install import ModelStore
+    from sdk.edge.updater import ModelUpdater, UpdateConfig
+
+    online, root, repo_dir = tmp_path / "online", tmp_path / "root-1", tmp_path / "repository"
+    fedge("keys", "init", "--online-dir", str(online), "--root-dir", str(root), "--repository", str(repo_dir))
+    repo = ReleaseRepository(repo_dir, KeySet.online_only(online))
+    root_v1 = repo.root_bytes(1)
+    repo.release(versions(1))
+    out = fedge(
+        "keys",
+        "rotate-root",
+        "--repository",
+        str(repo_dir),
+        "--online-dir",
+        str(online),
+        "--old-root-dir",
+        str(root),
+        "--new-root-dir",
+        str(tmp_path / "root-2"),
+    )
+    assert "root v2" in out.stdout
+    assert repo.root_version() == 2
+    repo.release(versions(2))
+    with BackgroundServer(create_app({}, repository_dir=repo_dir)) as server:
+        config = UpdateConfig(model="digits", device_id="pi-rot", repository_url=f"{server.url}/tuf")
+        updater = ModelUpdater(ModelStore(tmp_path / "device"), config, root_v1)
+        assert updater.check().outcome == "installed"
+        assert updater.installed_version == 2
