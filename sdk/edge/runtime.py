@@ -318,10 +318,12 @@ class EdgeRuntime:
         return model
 
     def swap(self, model: LoadedModel) -> Manifest | None:
-        """Serve ``model`` from the next call on and release the previous one; return its manifest.
+        """Serve ``model`` from the next call on and let go of the previous one; return its manifest.
 
         Calls already running finish on the model they started with: each call reads the
-        model reference once, and a closed engine's session lives until its last call returns.
+        model reference once. The previous engine is not closed here, because a call may be
+        between reading the reference and running it; it is freed when the last such call
+        returns and drops its reference.
         """
         with self._lock:
             if self._closed:
@@ -333,7 +335,6 @@ class EdgeRuntime:
         if old is None:
             log.info("now serving %s v%s", model.manifest.name, model.manifest.version)
             return None
-        old.close()
         log.info("now serving %s v%s (was v%s)", model.manifest.name, model.manifest.version, old.manifest.version)
         return old.manifest
 

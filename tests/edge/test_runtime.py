@@ -155,6 +155,9 @@ def test_swap_serves_the_new_model_without_failing_calls(model_dir, model_copy, 
         threads = [threading.Thread(target=hammer) for _ in range(4)]
         for t in threads:
             t.start()
+        for _ in range(10):  # back and forth under load: no call may see a closed engine
+            rt.swap(load_model(model_copy, rt.config))
+            rt.swap(load_model(model_dir, rt.config))
         old = rt.swap(load_model(model_copy, rt.config))
         after = rt.predict(x[0])
         stop.set()
