@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 
-from bench.harness import Progress, command_line, figures_table, percentiles_us, ratio
+from bench.harness import Progress, command_line, figures_table, percentiles_us, ratio, start, wait_until
 from bench.trivial import FEATURES, NAME, build_trivial_model_dir
 from sdk import wire
 from sdk.edge import EdgeConfig, EdgeRuntime
@@ -77,24 +75,6 @@ class RawEcho:
         """Disconnect."""
         self._requester.disconnect()
         self._requester.loop_stop()
-
-
-def start(*args: str) -> subprocess.Popen[bytes]:
-    """A Python child process running ``args`` (its output goes to our stderr)."""
-    return subprocess.Popen([sys.executable, *args], stdout=sys.stderr, stderr=sys.stderr)
-
-
-def wait_until(call: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
-    """Retry ``call`` until it stops raising."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            call()
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} did not come up") from None
-            time.sleep(0.2)
 
 
 def run(rounds: int, warmup: int, step: Progress) -> dict[str, Any]:

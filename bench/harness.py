@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,7 +26,9 @@ __all__ = [
     "interleaved_medians",
     "percentiles_us",
     "ratio",
+    "start",
     "stdout_to_stderr",
+    "wait_until",
 ]
 
 
@@ -144,3 +147,21 @@ def command_line(
         return 0
 
     return main
+
+
+def start(*args: str) -> subprocess.Popen[bytes]:
+    """A Python child process running ``args`` (its output goes to our stderr)."""
+    return subprocess.Popen([sys.executable, *args], stdout=sys.stderr, stderr=sys.stderr)
+
+
+def wait_until(call: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
+    """Retry ``call`` until it stops raising."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            call()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not come up") from None
+            time.sleep(0.2)

@@ -24,8 +24,7 @@ import httpx
 from fastapi import FastAPI, Request, Response
 from rich.console import Console
 
-from bench.fallback import start, wait_until
-from bench.harness import Progress, command_line, figures_table, ratio
+from bench.harness import Progress, command_line, figures_table, ratio, start, wait_until
 from bench.trivial import FEATURES, NAME, build_trivial_model_dir
 from sdk.mosquitto import free_port
 

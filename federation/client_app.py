@@ -24,7 +24,7 @@ import torch
 from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
 from flwr.client import ClientApp, NumPyClient
-from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.client.mod import fixedclipping_mod, make_ffn, secaggplus_mod
 
 from federation.settings import FederationSettings
 from federation.strategy import array_digest
@@ -134,23 +134,14 @@ def finite_mod(msg: Message, context: Context, call_next: Callable[[Message, Con
 def privacy_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """Apply SecAgg+ masking and DP clipping as the run config asks (clipping inside masking)."""
     settings = FederationSettings.from_run_config(context.run_config)
-    inner = call_next
+    mods = []  # outermost first
     if settings.secure_aggregation:
-
-        def inner(m: Message, c: Context) -> Message:
-            return finite_mod(m, c, call_next)
-
-        guarded = inner
-    else:
-        guarded = call_next
+        mods.append(secaggplus_mod)
     if settings.differential_privacy:
-
-        def inner(m: Message, c: Context) -> Message:
-            return fixedclipping_mod(m, c, guarded)
-
+        mods.append(fixedclipping_mod)
     if settings.secure_aggregation:
-        return secaggplus_mod(msg, context, inner)
-    return inner(msg, context)
+        mods.append(finite_mod)
+    return make_ffn(call_next, mods)(msg, context)
 
 
 app = ClientApp(client_fn=client_fn, mods=[privacy_mod])

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -189,8 +190,6 @@ class ModelUpdater:
             self.report("installing", target_version=version)
             installed = self.store.commit(staging, version)
         except BaseException:
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return self._activate(installed, version)

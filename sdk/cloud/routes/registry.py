@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from sdk.cloud.deps import Admin, Authorized, RegistryDep
 from sdk.cloud.routes.models import read_body
 from sdk.errors import Conflict, WireFormatError
+from sdk.manifest import load_manifest
 
 __all__ = ["router"]
 
@@ -67,8 +68,6 @@ async def upload_version(name: str, request: Request, registry: RegistryDep) -> 
     body = await read_body(request, 512 * 1024 * 1024)
     with tempfile.TemporaryDirectory(prefix="fedge-upload-") as tmp:
         directory = _extract(body, Path(tmp))
-        from sdk.manifest import load_manifest
-
         if load_manifest(directory).name != name:
             raise Conflict(f"the archive holds a manifest for another model than {name!r}")
         return registry.add_version(directory)
