@@ -7,13 +7,14 @@ import contextlib
 import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
 from rich.console import Console
@@ -21,6 +22,8 @@ from rich.table import Table
 
 __all__ = [
     "Progress",
+    "alternating",
+    "balanced_order",
     "command_line",
     "figures_table",
     "interleaved_medians",
@@ -59,9 +62,40 @@ def stdout_to_stderr() -> Iterator[TextIO]:
         os.close(saved)
 
 
-def interleaved_medians(fns: Mapping[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median microseconds per call of each function, each called once per round in rotating order."""
+T = TypeVar("T")
+
+
+def balanced_order(names: Sequence[T], round_index: int) -> list[T]:
+    """The order of ``names`` in round ``round_index``: forwards, then backwards, the start moving every two rounds.
+
+    Every two rounds each name's mean position is the same, so a slow drift of the
+    machine falls on all of them alike even when there are only a few rounds of long phases.
+    """
+    shift = (round_index // 2) % len(names)
+    order = [*names[shift:], *names[:shift]]
+    return order[::-1] if round_index % 2 else order
+
+
+def alternating(phases: Mapping[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
+    """The results of each phase, every phase run once per round in :func:`balanced_order`."""
+    results: dict[str, list[T]] = {name: [] for name in phases}
+    for r in range(rounds):
+        for name in balanced_order(list(phases), r):
+            results[name].append(phases[name]())
+    return results
+
+
+def interleaved_medians(
+    fns: Mapping[str, Callable[[], object]], rounds: int, warmup: int, seed: int = 0
+) -> dict[str, float]:
+    """Median microseconds per call of each function, each called once per round in a new random order.
+
+    A call inherits what the call before it left behind (caches, a library's spinning
+    threads). In a fixed or rotating order each function always follows the same other
+    one; shuffling every round gives every function the same mix of predecessors.
+    """
     names = list(fns)
+    shuffle = random.Random(seed).shuffle
     for _ in range(warmup):
         for name in names:
             fns[name]()
@@ -71,9 +105,9 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], rounds: int, wa
     gc.collect()
     gc.disable()
     try:
-        for r in range(rounds):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
+        for _ in range(rounds):
+            shuffle(names)
+            for name in names:
                 fn = fns[name]
                 t0 = clock()
                 fn()

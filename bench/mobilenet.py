@@ -1,5 +1,8 @@
 """A MobileNetV2-shaped network with random, seeded weights, and a cached model directory of it.
 
+Only command-line runs use the shared cache (:func:`default_cache_root`); a caller that
+gives no cache root, as the tests do, gets a private build that is removed afterwards.
+
 The network follows the published width-1.0 layout (a 3x3 stem, seventeen inverted
 residual blocks, a 1x1 head to 1280 channels, 1000 classes; about 3.5M parameters)
 so that latency and size figures are representative of a real edge vision model.
@@ -9,12 +12,14 @@ activations keep a sane range for int8 calibration.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +27,18 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["STAGES", "InvertedResidual", "MobileNetSpec", "MobileNetV2", "build_model_dir", "cached_model_dir"]
+__all__ = [
+    "STAGES",
+    "InvertedResidual",
+    "MobileNetSpec",
+    "MobileNetV2",
+    "add_cache_arguments",
+    "build_model_dir",
+    "cached_model_dir",
+    "chosen_cache_root",
+    "default_cache_root",
+    "mobilenet_dir",
+]
 
 #: (expansion, output channels, blocks, stride of the first block) per stage, width 1.0.
 STAGES: tuple[tuple[int, int, int, int], ...] = (
@@ -201,14 +217,38 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("FEDGE_BENCH_CACHE") or Path(tempfile.gettempdir()) / "fedge-bench-cache")
 
 
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--cache-dir DIR`` and ``--no-cache`` to a benchmark's command line."""
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", type=Path, help="where built MobileNetV2 model dirs are kept")
+    cache.add_argument("--no-cache", action="store_true", help="build MobileNetV2 afresh in a temp dir")
+
+
+def chosen_cache_root(args: argparse.Namespace) -> Path | None:
+    """The cache root the command line asked for: ``--cache-dir``, None under ``--no-cache``, else the default."""
+    return None if args.no_cache else args.cache_dir or default_cache_root()
+
+
+@contextlib.contextmanager
+def mobilenet_dir(
+    spec: MobileNetSpec, cache_root: str | os.PathLike[str] | None, on_step: StepCallback | None = None
+) -> Iterator[tuple[Path, bool]]:
+    """``(directory, was_cached)`` from the cache under ``cache_root``; None: a private build, removed on exit."""
+    if cache_root is not None:
+        yield cached_model_dir(spec, cache_root, on_step)
+        return
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-mobilenet-") as tmp:
+        yield cached_model_dir(spec, tmp, on_step)
+
+
 def cached_model_dir(
-    spec: MobileNetSpec, cache_root: str | os.PathLike[str] | None = None, on_step: StepCallback | None = None
+    spec: MobileNetSpec, cache_root: str | os.PathLike[str], on_step: StepCallback | None = None
 ) -> tuple[Path, bool]:
     """The model directory of ``spec`` from the cache, built first on a miss; returns ``(directory, was_cached)``."""
     from sdk.errors import ModelError
     from sdk.manifest import load_manifest, verify_files
 
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    root = Path(cache_root)
     target = root / f"mobilenetv2-{spec.key()}"
     if target.is_dir():
         try:

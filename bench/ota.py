@@ -1,6 +1,6 @@
-"""Over-the-air rollout: one release of a real exported model to many simulated devices.
+"""Over-the-air rollout: one release of a real exported model to many simulated devices, against plain GETs.
 
-``python -m bench.ota [--quick] [--json]``
+``python -m bench.ota [--quick] [--json] [--cache-dir DIR | --no-cache]``
 
 One private Mosquitto, one cloud service (registry on SQLite, the signed TUF repository
 served by uvicorn, release notices, the fleet listener) and N devices, each with its own
@@ -11,11 +11,17 @@ the last device on the new version. Bytes are counted at the devices' HTTP fetch
 metadata file, the release index, manifest, probe and artifact; ``bytes_per_device_ratio``
 divides them by the artifact, ``bytes_per_release_file_ratio`` by the files a device must
 have (artifact, manifest and the probe for its smoke test), leaving the TUF overhead.
+
+The raw baseline runs in the same run, once before the rollout and once after, so drift
+falls on both sides: as many plain devices (a thread and an HTTP connection pool each, no
+TUF, no MQTT, no install) GET the same three files from the same server, all at once.
+``time_to_all_devices_ratio`` is the rollout's time over the mean time of the raw fetches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import sys
 import tempfile
 import threading
@@ -25,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import urllib3
+from fastapi.staticfiles import StaticFiles
 from rich.console import Console
 from tuf.ngclient import Urllib3Fetcher
 
 from bench.harness import Progress, command_line, figures_table, ratio
+from bench.mobilenet import MobileNetSpec, add_cache_arguments, chosen_cache_root, mobilenet_dir
 from sdk.cloud.app import create_app
 from sdk.cloud.config import CloudConfig
 from sdk.cloud.registry import Registry
@@ -44,7 +53,7 @@ from sdk.manifest import load_manifest
 from sdk.mosquitto import Mosquitto
 from sdk.mqtt import MqttSettings
 
-__all__ = ["CountingFetcher", "main", "run"]
+__all__ = ["CountingFetcher", "main", "raw_fetch", "run"]
 
 ADMIN = "bench-admin-0123456789abcdef"
 TARGETS = {"bytes_per_device_ratio": 1.1}
@@ -65,17 +74,50 @@ class CountingFetcher(Urllib3Fetcher):
             yield chunk
 
 
-def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[str, Any]:
-    """Roll one release out to ``devices`` devices and return the report."""
-    from bench.mobilenet import MobileNetSpec, cached_model_dir
+def raw_fetch(urls: list[str], devices: int) -> tuple[float, int]:
+    """Seconds until ``devices`` threads, an HTTP connection pool each, have all GET every URL; bytes per device."""
+    start_line = threading.Barrier(devices + 1)
+    fetched = [0] * devices
+    errors: list[BaseException] = []
 
-    model_dir, _ = cached_model_dir(MobileNetSpec(calibration_samples=16), cache_root, step)
-    manifest = load_manifest(model_dir)
-    artifact_size = manifest.artifacts["onnx-int8"].size
-    release_size = (
-        artifact_size + (model_dir / "manifest.json").stat().st_size + (manifest.probe.size if manifest.probe else 0)
-    )
+    def device(i: int) -> None:
+        with urllib3.PoolManager() as http:
+            start_line.wait()
+            try:
+                for url in urls:
+                    response = http.request("GET", url)
+                    if response.status != 200:
+                        raise RuntimeError(f"GET {url}: HTTP {response.status}")
+                    fetched[i] += len(response.data)
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=device, args=(i,), daemon=True) for i in range(devices)]
+    for t in threads:
+        t.start()
+    start_line.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join(600)
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return elapsed, round(statistics.fmean(fetched))
+
+
+def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[str, Any]:
+    """Roll one release out to ``devices`` devices between two raw fetches; report.
+
+    ``cache_root`` None builds the model privately (what tests do); command-line runs share a cache.
+    """
     with contextlib.ExitStack() as stack:
+        model_dir, _ = stack.enter_context(mobilenet_dir(MobileNetSpec(calibration_samples=16), cache_root, step))
+        manifest = load_manifest(model_dir)
+        artifact_size = manifest.artifacts["onnx-int8"].size
+        release_files = [manifest.artifacts["onnx-int8"].file, "manifest.json"]
+        if manifest.probe:
+            release_files.append(manifest.probe.file)
+        release_size = sum((model_dir / name).stat().st_size for name in release_files)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedge-bench-ota-")))
         broker = stack.enter_context(Mosquitto(extra_config="max_connections -1\n"))
         settings = MqttSettings.from_address(broker.address)
@@ -85,10 +127,14 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
         stack.callback(registry.close)
         stack.enter_context(ReleaseService(registry, settings))
         config = CloudConfig(admin_keys=(ADMIN,))
-        server = stack.enter_context(
-            BackgroundServer(create_app({}, config, repository_dir=repo.directory, registry=registry))
-        )
+        app = create_app({}, config, repository_dir=repo.directory, registry=registry)
+        # The raw baseline's files, from the same server and the same kind of static route as /tuf.
+        app.mount("/baseline", StaticFiles(directory=model_dir), name="baseline")
+        server = stack.enter_context(BackgroundServer(app))
+        raw_urls = [f"{server.url}/baseline/{name}" for name in release_files]
         registry.add_version(model_dir)
+        step(f"raw baseline, before: {devices} plain devices GET the artifact, manifest and probe")
+        raw_before, raw_bytes = raw_fetch(raw_urls, devices)
         step(f"{devices} devices connecting (one MQTT connection, updater and store each)")
         fetchers, done = [], threading.Semaphore(0)
         root = repo.root_bytes(1)
@@ -127,11 +173,18 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
         while sum(d["running_version"] == manifest.version for d in registry.fleet()) < devices:
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
+        step(f"raw baseline, after: {devices} plain devices GET the same files")
+        raw_after, _ = raw_fetch(raw_urls, devices)
+    raw_s = statistics.fmean([raw_before, raw_after])
     per_device = sum(f.bytes for f in fetchers) / devices
     report = {
         "devices": devices,
+        "time_to_all_devices_ratio": ratio(elapsed, raw_s),
         "devices_per_second": round(devices / elapsed, 2),
         "release_to_last_device_s": round(elapsed, 2),
+        "raw_fetch_s": round(raw_s, 3),
+        "raw_fetch_s_before_after": [round(raw_before, 3), round(raw_after, 3)],
+        "raw_bytes_per_device": raw_bytes,
         "bytes_per_device": round(per_device),
         "artifact_bytes": artifact_size,
         "bytes_per_device_ratio": ratio(per_device, artifact_size),
@@ -144,19 +197,27 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
 
 def render(report: dict[str, Any], console: Console) -> None:
     """Print the report as a table."""
-    keys = ("devices_per_second", "release_to_last_device_s", "bytes_per_device", "bytes_per_device_ratio")
-    title = f"OTA rollout of int8 MobileNetV2 to {report['devices']} devices"
-    table = figures_table(title, report, (*keys, "bytes_per_release_file_ratio"), {"bytes_per_device_ratio": "<= 1.1"})
-    console.print(table)
+    keys = (
+        "time_to_all_devices_ratio",
+        "devices_per_second",
+        "release_to_last_device_s",
+        "raw_fetch_s",
+        "bytes_per_device",
+        "raw_bytes_per_device",
+        "bytes_per_device_ratio",
+        "bytes_per_release_file_ratio",
+    )
+    title = f"OTA rollout of int8 MobileNetV2 to {report['devices']} devices, against plain GETs of its files"
+    console.print(figures_table(title, report, keys, {"bytes_per_device_ratio": "<= 1.1"}))
 
 
 main = command_line(
     "python -m bench.ota",
     __doc__,
     quick_help="20 devices instead of 100",
-    run=lambda args, step: run(20 if args.quick else 100, step, args.cache_dir),
+    run=lambda args, step: run(20 if args.quick else 100, step, chosen_cache_root(args)),
     render=render,
-    arguments=lambda parser: parser.add_argument("--cache-dir", type=Path, help="where MobileNetV2 dirs are kept"),
+    arguments=add_cache_arguments,
 )
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
-"""The transport benchmarks still run end to end (figures are not asserted: speed lives in bench/, not tests)."""
+"""The benchmarks still run end to end (figures are not asserted: speed lives in bench/, not tests).
 
+None of them touches the benchmarks' shared MobileNetV2 cache (``bench.mobilenet.default_cache_root``):
+the transport benchmarks build a trivial model in a temp dir, and the OTA one gets a private cache root.
+"""
+
+import itertools
 import time
 
 from bench import fallback, http
-from bench.harness import Progress
+from bench.harness import Progress, alternating, balanced_order
 
 
 def test_fallback_benchmark_produces_its_figures():
@@ -19,9 +24,26 @@ def test_http_benchmark_produces_its_figures():
     assert report["echo_rps"] > 0
 
 
-def test_ota_benchmark_produces_its_figures():
+def test_ota_benchmark_produces_its_figures(tmp_path):
     from bench import ota
 
-    report = ota.run(devices=3, step=Progress(time.time()))
+    report = ota.run(devices=3, step=Progress(time.time()), cache_root=tmp_path / "mobilenet-cache")
     assert report["devices"] == 3
     assert report["bytes_per_release_file_ratio"] >= 1.0
+    assert report["time_to_all_devices_ratio"] > 0
+    assert report["raw_bytes_per_device"] > report["artifact_bytes"]
+
+
+def test_balanced_order_gives_every_name_the_same_mean_position_every_two_rounds():
+    names = ["a", "b", "c"]
+    orders = [balanced_order(names, r) for r in range(6)]
+    assert {tuple(o) for o in orders} == set(itertools.permutations(names))
+    for pair in (orders[0:2], orders[2:4], orders[4:6]):
+        assert all(sum(o.index(n) for o in pair) == len(names) - 1 for n in names)
+
+
+def test_alternating_runs_each_phase_once_per_round():
+    calls: list[str] = []
+    results = alternating({name: lambda name=name: calls.append(name) or name for name in "xyz"}, rounds=4)
+    assert results == {name: [name] * 4 for name in "xyz"}
+    assert calls[:6] == ["x", "y", "z", "z", "y", "x"]
