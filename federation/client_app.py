@@ -72,7 +72,7 @@ class DigitsClient(NumPyClient):
             seed=self.settings.seed * 100_003 + server_round * 1009 + self.partition,
             proximal_mu=float(config.get("proximal-mu", 0.0)),
         )
-        weights = _attack(get_weights(self.model), parameters, self.settings, self.partition)
+        weights = _attack(get_weights(self.model), parameters, self.settings, self.partition, server_round)
         if self.settings.audit_dir:
             _audit(self.settings.audit_dir, server_round, self.partition, weights)
         # DP calibrates its noise to one client's clipped update in a plain average: equal weights.
@@ -88,7 +88,13 @@ class DigitsClient(NumPyClient):
         return loss, len(self.y), {"accuracy": acc}
 
 
-def _attack(weights: list[np.ndarray], received: list[np.ndarray], settings: FederationSettings, partition: int):
+def _attack(
+    weights: list[np.ndarray],
+    received: list[np.ndarray],
+    settings: FederationSettings,
+    partition: int,
+    server_round: int,
+) -> list[np.ndarray]:
     # Fault injection for the robustness tests: a real client cannot be made malicious on demand.
     if settings.attack == "none" or partition != settings.attack_partition:
         return weights
@@ -99,7 +105,8 @@ def _attack(weights: list[np.ndarray], received: list[np.ndarray], settings: Fed
     if settings.attack == "nan":
         return [np.full_like(w, np.nan) for w in weights]
     if settings.attack == "hang":
-        time.sleep(settings.round_timeout_s * 3)  # never answers within the round
+        if server_round == 1:  # silent until well past round 1's timeout, then back for the rounds after it
+            time.sleep(settings.round_timeout_s * 2)
         return weights
     return [w[..., :1] for w in weights]  # wrong-shape
 

@@ -24,10 +24,12 @@ from sdk.errors import ManifestError, ModelIntegrityError, ModelNotFound
 
 __all__ = [
     "ARTIFACT_KINDS",
+    "DTYPES",
     "FORMAT_VERSION",
     "MANIFEST_FILE",
     "PROBE_FILE",
     "Artifact",
+    "ArtifactKind",
     "Manifest",
     "Probe",
     "TensorSpec",

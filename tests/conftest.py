@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from waiting import PATIENCE_S
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -91,27 +92,33 @@ def cloud(module_broker, service):
 
 
 @pytest.fixture
-def slow(monkeypatch):
-    """Fault injection: make a service's model take ``delay`` seconds per batch (a real model cannot on demand).
+def gated(monkeypatch):
+    """Fault injection: hold a service's batches until the test opens ``svc.gate`` (a real model cannot stall).
 
-    ``svc.busy`` is set while a batch runs.
+    ``svc.busy`` is set while a batch is held or running; ``svc.close()`` opens the gate first.
     """
     import threading
-    import time
 
-    def apply(svc, delay: float):
-        run = svc.batcher._run
+    def apply(svc):
+        run, close = svc.batcher._run, svc.close
         svc.busy = threading.Event()
+        svc.gate = threading.Event()
 
-        def slowed(x):
+        def held(x):
             svc.busy.set()
-            time.sleep(delay)
             try:
+                if not svc.gate.wait(PATIENCE_S * 5):
+                    raise RuntimeError("the test never opened the gate")
                 return run(x)
             finally:
                 svc.busy.clear()
 
-        monkeypatch.setattr(svc.batcher, "_run", slowed)
+        def open_then_close():
+            svc.gate.set()
+            close()
+
+        monkeypatch.setattr(svc.batcher, "_run", held)
+        monkeypatch.setattr(svc, "close", open_then_close)
         return svc
 
     return apply

@@ -202,8 +202,9 @@ class EdgeRuntime:
 
     @property
     def num_threads(self) -> int:
-        """Threads the engine may use per call (0: the engine's default)."""
-        return self._config.num_threads
+        """Threads the local engine runs a call on, as the engine reports them (0: the engine's default)."""
+        model = self._model
+        return model.backend.num_threads if model is not None else self._config.num_threads
 
     @property
     def confidence_threshold(self) -> float:

@@ -1,10 +1,12 @@
 """The HTTP endpoint through a real uvicorn server: routes, auth, errors, metrics, docs."""
 
 import threading
+import time
 
 import httpx
 import numpy as np
 import pytest
+from waiting import PATIENCE_S, poll
 
 from sdk import wire
 from sdk.cloud.app import create_app
@@ -27,7 +29,7 @@ def server(service):
 
 @pytest.fixture
 def http(server):
-    with httpx.Client(base_url=server.url, headers={"X-API-Key": KEY}, timeout=10) as client:
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": KEY}, timeout=PATIENCE_S) as client:
         yield client
 
 
@@ -117,13 +119,29 @@ def test_unknown_model_is_404(http):
     assert response.json()["error"]["code"] == "unknown_model"
 
 
+def sample_value(text: str, series: str) -> float:
+    """The value of one series in Prometheus text (0 when it is not there yet)."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_metrics_count_requests_and_batches(http):
-    http.post("/v1/models/digits/predict", json={"inputs": [[[0.0] * 8] * 8]})
-    text = http.get("/metrics").text
-    assert 'fedge_requests_total{model="digits",outcome="ok",transport="http"}' in text
-    assert 'fedge_request_latency_seconds_bucket{model="digits",transport="http",le="+Inf"}' in text
-    assert 'fedge_batch_size_bucket{model="digits",le="1"}' in text
-    assert 'fedge_queue_depth{model="digits"} 0' in text
+    ok = 'fedge_requests_total{model="digits",outcome="ok",transport="http"}'
+    bad = 'fedge_requests_total{model="digits",outcome="bad_request",transport="http"}'
+    latency = 'fedge_request_latency_seconds_count{model="digits",transport="http"}'
+    batches = 'fedge_batch_size_count{model="digits"}'
+    before = http.get("/metrics").text
+    assert http.post("/v1/models/digits/predict", json={"inputs": [[[0.0] * 8] * 8]}).status_code == 200
+    assert http.post("/v1/models/digits/predict", json={"inputs": [[1.0, 2.0]]}).status_code == 422
+    after = http.get("/metrics").text
+    assert sample_value(after, ok) == sample_value(before, ok) + 1
+    assert sample_value(after, bad) == sample_value(before, bad) + 1
+    assert sample_value(after, latency) == sample_value(before, latency) + 2
+    assert sample_value(after, batches) == sample_value(before, batches) + 1  # the refused one never ran
+    assert 'fedge_request_latency_seconds_bucket{model="digits",transport="http",le="+Inf"}' in after
+    assert 'fedge_queue_depth{model="digits"} 0' in after
 
 
 def test_openapi_documents_routes_errors_and_auth(server):
@@ -135,45 +153,64 @@ def test_openapi_documents_routes_errors_and_auth(server):
     assert {"/healthz", "/readyz", "/metrics", "/v1/models"} <= set(spec["paths"])
 
 
-def test_overload_is_503_with_retry_after(model_dir, slow):
-    svc = slow(InferenceService.from_model_dir(model_dir, BatcherConfig(max_batch_size=1, max_queue=1)), 0.1)
-    statuses: list[int] = []
+def test_overload_is_503_with_retry_after(model_dir, gated):
+    svc = gated(InferenceService.from_model_dir(model_dir, BatcherConfig(max_batch_size=1, max_queue=1)))
+    responses: list[httpx.Response] = []
     lock = threading.Lock()
     try:
         with BackgroundServer(create_app({svc.name: svc})) as srv:
 
             def call():
-                r = httpx.post(f"{srv.url}/v1/models/digits/predict", json={"inputs": [[[0.0] * 8] * 8]}, timeout=30)
+                body = {"inputs": [[[0.0] * 8] * 8]}
+                r = httpx.post(f"{srv.url}/v1/models/digits/predict", json=body, timeout=PATIENCE_S * 2)
                 with lock:
-                    statuses.append(r.status_code)
-                    if r.status_code == 503:
-                        assert r.headers["retry-after"] == "1"
-                        assert r.json()["error"]["code"] == "overloaded"
+                    responses.append(r)
+
+            def shed() -> int:
+                with lock:
+                    return sum(r.status_code == 503 for r in responses)
 
             threads = [threading.Thread(target=call) for _ in range(10)]
-            for t in threads:
+            threads[0].start()
+            assert svc.busy.wait(PATIENCE_S)  # the model holds the first request: one running, one may queue
+            for t in threads[1:]:
                 t.start()
+            poll(lambda: shed() == 8, "eight of nine requests shed")
+            svc.gate.set()
             for t in threads:
-                t.join(60)
+                t.join(PATIENCE_S)
     finally:
         svc.close()
-    assert len(statuses) == 10
-    assert statuses.count(503) >= 3, statuses
-    assert statuses.count(200) >= 1, statuses
+    assert sorted(r.status_code for r in responses) == [200] * 2 + [503] * 8
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "overloaded"
 
 
-def test_deadline_passed_in_the_queue_is_504(model_dir, slow):
-    svc = slow(InferenceService.from_model_dir(model_dir, BatcherConfig(max_batch_size=1)), 0.3)
+def test_deadline_passed_in_the_queue_is_504(model_dir, gated):
+    svc = gated(InferenceService.from_model_dir(model_dir, BatcherConfig(max_batch_size=1)))
+    answers: dict[str, httpx.Response] = {}
     try:
         with BackgroundServer(create_app({svc.name: svc})) as srv:
             url = f"{srv.url}/v1/models/digits/predict"
             body = {"inputs": [[[0.0] * 8] * 8]}
-            first = threading.Thread(target=httpx.post, args=(url,), kwargs={"json": body, "timeout": 30})
+
+            def post(name: str, **extra):
+                answers[name] = httpx.post(url, json={**body, **extra}, timeout=PATIENCE_S * 2)
+
+            first = threading.Thread(target=post, args=("first",))
             first.start()
-            assert svc.busy.wait(10)
-            late = httpx.post(url, json={**body, "deadline_ms": 50}, timeout=30)
-            first.join(30)
+            assert svc.busy.wait(PATIENCE_S)  # the model holds the first request
+            late = threading.Thread(target=post, args=("late",), kwargs={"deadline_ms": 50})
+            late.start()
+            poll(lambda: svc.batcher.depth() == 1, "the late request queued")
+            time.sleep(0.1)  # a lower bound: its deadline has passed, however slow the machine
+            svc.gate.set()
+            for t in (first, late):
+                t.join(PATIENCE_S)
     finally:
         svc.close()
-    assert late.status_code == 504
-    assert late.json()["error"]["code"] == "deadline"
+    assert answers["first"].status_code == 200
+    assert answers["late"].status_code == 504
+    assert answers["late"].json()["error"]["code"] == "deadline"

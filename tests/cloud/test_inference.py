@@ -1,4 +1,5 @@
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ def test_batched_answers_equal_the_fp32_model_run_alone(service, model_dir, digi
         barrier.wait()
         future, single = service.submit(x[i])
         assert single
-        results[i] = future.result(30)[0]
+        results[i] = future.result(60)[0]
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
     for t in threads:
@@ -35,19 +36,21 @@ def test_bad_shape_is_typed_and_immediate(service):
         service.submit(np.zeros((3, 3), np.float32))
 
 
-def test_full_queue_sheds_at_once_and_late_requests_are_dropped(model_dir, slow):
-    svc = slow(InferenceService.from_model_dir(model_dir, BatcherConfig(max_batch_size=1, max_queue=2)), 0.2)
+def test_full_queue_sheds_at_once_and_late_requests_are_dropped(model_dir, gated):
+    svc = gated(InferenceService.from_model_dir(model_dir, BatcherConfig(max_batch_size=1, max_queue=2)))
     try:
         sample = np.zeros((1, 8, 8), np.float32)
         first, _ = svc.submit(sample)
-        assert svc.busy.wait(10)  # the model has taken it and runs for 0.2 s
+        assert svc.busy.wait(60)  # the model has taken it and holds it until the gate opens
         queued = [svc.submit(sample, deadline_s=0.05)[0] for _ in range(2)]
         with pytest.raises(Overloaded):
             svc.submit(sample)
-        first.result(10)
+        time.sleep(0.1)  # a lower bound: the queued deadlines have passed, however slow the machine
+        svc.gate.set()
+        first.result(60)
         for future in queued:
             with pytest.raises(DeadlineExceeded):
-                future.result(10)
+                future.result(60)
     finally:
         svc.close()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -92,9 +95,37 @@ def test_concurrent_calls_give_sequential_answers(model_dir, digits_split, artif
     assert failures == []
 
 
-def test_num_threads_is_exposed(model_dir):
-    with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(num_threads=2)) as rt:
-        assert rt.num_threads == 2
+THREADS_SCRIPT = """
+import os, sys
+import numpy as np
+from sdk.edge import EdgeConfig, EdgeRuntime
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+model_dir, kind = sys.argv[1:3]
+for n in (1, 1, 3):  # the first runtime also starts the engine's process-wide threads
+    before = threads()
+    rt = EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=(kind,), num_threads=n))
+    rt.predict(np.zeros((4, 1, 8, 8), np.float32))
+    print(n, rt.num_threads, threads() - before)
+    rt.close()
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc (Linux)")
+@pytest.mark.parametrize("artifact", ["onnx-int8", "tflite"])
+def test_num_threads_reaches_the_engine(model_dir, artifact):
+    # In a fresh process, so that no other test's threads come or go while they are counted.
+    proc = subprocess.run(
+        [sys.executable, "-c", THREADS_SCRIPT, str(model_dir), artifact], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = [tuple(int(v) for v in line.split()) for line in proc.stdout.splitlines()]
+    asked, reported, started = runs[-1]
+    assert reported == asked == 3  # what the engine says it was built with
+    assert started == 2  # and the pool it started: the calling thread plus two workers
+    assert runs[1] == (1, 1, 0)  # one thread: no pool at all
 
 
 def test_closed_runtime_refuses_calls(model_dir, digits_split):

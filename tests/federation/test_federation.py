@@ -6,7 +6,6 @@ import itertools
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -112,16 +111,18 @@ def test_unusable_updates_are_dropped_and_never_reach_the_model(link, attack):
 
 
 def test_a_silent_client_does_not_hold_the_round(link):
-    started = time.monotonic()
+    # The timeout is many honest rounds long (a loaded machine still fits one in it, cold engine included);
+    # the silent client sleeps two timeouts in round 1, so only the timeout can close that round.
     report = simulate(
         link,
         **{"num-clients": 3, "clients-per-round": 3, "num-server-rounds": 2, "attack-partition": 2},
-        **{"round-timeout-s": 10.0},
+        **{"round-timeout-s": 60.0},
         attack="hang",
     )
-    assert report["rounds"][0]["clients"] == 2
+    assert len(report["rounds"]) == 2
+    assert report["rounds"][0]["clients"] == 2  # both honest clients, closed by the timeout without the silent one
+    assert report["rounds"][1]["clients"] >= 2
     assert report["test_accuracy"] > 0.5
-    assert time.monotonic() - started < 300
 
 
 def test_the_privacy_budget_stops_the_run_before_it_is_overspent(link):

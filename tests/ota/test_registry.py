@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 
+import pg8000.native
 import pytest
+from sqlalchemy.engine import make_url
 
 from sdk.cloud.registry import Registry
 from sdk.errors import Conflict, NotFound
 
+#: Where the PostgreSQL tests connect; the user must be allowed to create databases.
+POSTGRES_URL = os.environ.get("FEDGE_TEST_POSTGRES_URL", "postgresql+pg8000://postgres@127.0.0.1:5432/postgres")
+
 
 def pg_url():
+    """A fresh database on the test server: skipped only when no server listens there, failed on any other error."""
+    url = make_url(POSTGRES_URL)
+    host, port = url.host or "127.0.0.1", url.port or 5432
     try:
-        import pg8000.native
-    except ImportError:
-        pytest.skip("no PostgreSQL driver (pg8000) installed")
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        pytest.skip(
+            f"no PostgreSQL server at {host}:{port} ({exc}): install one (apt-get install postgresql) "
+            "or point FEDGE_TEST_POSTGRES_URL at one whose user may create databases"
+        )
     name = f"fedge_test_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = pg8000.native.Connection("postgres", host="127.0.0.1", database="postgres", timeout=3)
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1 not reachable: {exc}")
+    # A server that listens but refuses us (password, user, database) is a configuration error: it fails.
+    admin = pg8000.native.Connection(
+        url.username or "postgres", host=host, port=port, password=url.password, database=url.database, timeout=10
+    )
     admin.run(f"CREATE DATABASE {name}")
-    return admin, name
+    return admin, name, url.set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -31,8 +44,7 @@ def registry(request, tmp_path, repo):
         url = f"sqlite:///{tmp_path / 'registry.db'}"
         admin = name = None
     else:
-        admin, name = pg_url()
-        url = f"postgresql+pg8000://postgres@127.0.0.1/{name}"
+        admin, name, url = pg_url()
     reg = Registry(url, tmp_path / "store", repo, notify=lambda m, v: notices.append((m, v)))
     reg.notices = notices
     yield reg

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 from tuf.api.metadata import Metadata, TargetFile
+from waiting import PATIENCE_S, poll
 
 from sdk.cloud.repository import ReleaseRepository
 from sdk.cloud.signing import new_signer
@@ -152,7 +153,7 @@ def test_indefinite_freeze_is_refused(tmp_path, keys, versions, model_dir):
 
     repo = ReleaseRepository.create(tmp_path / "short", keys, timestamp_expiry=dt.timedelta(seconds=2))
     repo.release(versions(1))
-    time.sleep(2.5)  # nobody re-signed the timestamp: a frozen (or stale) repository
+    time.sleep(2.5)  # a lower bound: nobody re-signed the timestamp, which has expired (a frozen repository)
     with BackgroundServer(create_app({}, repository_dir=repo.directory)) as server:
         events = []
         config = UpdateConfig(model="digits", device_id="pi-1", repository_url=f"{server.url}/tuf")
@@ -160,7 +161,8 @@ def test_indefinite_freeze_is_refused(tmp_path, keys, versions, model_dir):
         outcome = updater.check()
         assert outcome.outcome == "rejected"
         assert "xpired" in outcome.detail
-        repo.refresh_timestamp()  # the service's schedule re-signs it: the device goes on
+        repo.timestamp_expiry = dt.timedelta(hours=1)
+        repo.refresh_timestamp()  # the service's schedule re-signs it with its usual expiry: the device goes on
         assert updater.check().outcome == "installed"
 
 
@@ -297,11 +299,19 @@ def test_errors_in_the_health_window_roll_back(device, repo, versions):
     def on_step(event, original=updater.reporter):
         original(event)
         if event["step"] == "installed" and event.get("installed_version") == 2:
+            backend = updater.runtime.backend
+            probe = np.load(updater.store.current() / "probe.npz", allow_pickle=False)["input"]
+            run = backend.run
 
-            def broken(x):  # fault injection: the new engine fails on live traffic
+            def broken(x):  # fault injection: the new engine passes its probe and fails every live call
+                if x.shape == probe.shape and np.array_equal(x, probe):
+                    return run(x)
                 raise BackendError("injected engine failure")
 
-            updater.runtime.backend.run = broken
+            errors = updater.runtime.local_errors
+            backend.run = broken
+            # The window opens once live traffic has met the new engine, however slowly the threads run.
+            poll(lambda: updater.runtime.local_errors - errors >= 3, "live calls on the new engine")
 
     updater.reporter = on_step
     worker = threading.Thread(target=traffic)
@@ -310,8 +320,9 @@ def test_errors_in_the_health_window_roll_back(device, repo, versions):
         outcome = updater.check()
     finally:
         stop.set()
-        worker.join(10)
+        worker.join(PATIENCE_S)
     assert outcome.outcome == "rolled-back"
     assert "health window" in outcome.detail
+    assert "calls failed" in outcome.detail  # the live error rate decided, not the probe
     assert updater.runtime.manifest.version == 1
     assert updater.runtime.predict(SAMPLE).model_version == 1

@@ -17,6 +17,8 @@ class Backend(abc.ABC):
     name: str
     #: Where it runs, most preferred first, e.g. ``("CUDAExecutionProvider", "CPUExecutionProvider")``.
     devices: tuple[str, ...]
+    #: Threads the engine runs one call on, as the engine was built with them (0: the engine's default).
+    num_threads: int = 0
 
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -84,6 +84,7 @@ class LiteRTBackend(Backend):
     def __init__(self, path: str | os.PathLike[str], *, num_threads: int = 0) -> None:
         interpreter_cls, package = _interpreter_class()
         self.devices = (f"{package}:cpu",)
+        self.num_threads = num_threads  # the interpreter has no getter: what it was built with
         try:
             self._interp = interpreter_cls(model_path=os.fspath(path), num_threads=num_threads or None)
             self._interp.allocate_tensors()

@@ -85,6 +85,7 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # ORT raises its own pybind classes for every load failure
             raise ModelIntegrityError(f"onnxruntime cannot load {Path(path).name}: {exc}") from exc
         self.devices = tuple(self._session.get_providers())
+        self.num_threads = self._session.get_session_options().intra_op_num_threads
         self._input_name = self._session.get_inputs()[0].name
         self._output_names = [self._session.get_outputs()[0].name]
 
