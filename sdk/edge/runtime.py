@@ -237,7 +237,7 @@ class EdgeRuntime:
             key = input_key(batch, model.manifest.version)
             cached = self._cache.get(key)
             if cached is not None:
-                return _result(*cached, model.manifest, single, start)
+                return _result(cached, model.manifest, single, start)
         if mode == "edge-only":
             answer = _Answer(self._run_local(model, batch), None, None)
         elif mode == "edge-first":
@@ -246,7 +246,7 @@ class EdgeRuntime:
             answer = self._cloud_first(model, batch, start, mode)
         if key is not None and (answer.sources is None or "edge-degraded" not in answer.sources):
             self._cache.put(key, answer)  # a degraded answer is not kept: the cloud may be back next time
-        return _result(*answer, model.manifest, single, start)
+        return _result(answer, model.manifest, single, start)
 
     def _edge_first(self, model: LoadedModel, batch: np.ndarray, start: float) -> _Answer:
         try:
@@ -258,7 +258,7 @@ class EdgeRuntime:
         probs = confidences(outputs, model.manifest.output_kind)
         low = low_confidence(probs.max(axis=1), self.confidence_threshold)
         if not low.any():
-            return _Answer(outputs, None, None)
+            return _Answer(outputs, None, None, probs)
         sources = np.full(len(batch), "edge", dtype=object)
         try:
             reply = self._ask_cloud(model.manifest.name, batch[low], start)
@@ -305,7 +305,7 @@ class EdgeRuntime:
         single = out.ndim == 1
         batch_out = out[None] if single else out
         answer = _Answer(batch_out, ("cloud",) * len(batch_out), reply.model_version)
-        return _result(*answer, None, single, start)
+        return _result(answer, None, single, start)
 
     def _ask_cloud(self, model_name: str, batch: np.ndarray, start: float, reserve_s: float = 0.0) -> Message:
         assert self._cloud is not None
@@ -366,17 +366,13 @@ class _Answer(NamedTuple):
     outputs: np.ndarray
     sources: tuple[Source, ...] | None  # None: every row from the local model
     cloud_version: int | None
+    probabilities: np.ndarray | None = None  # when already computed for the fallback decision
 
 
-def _result(
-    outputs: np.ndarray,
-    sources: tuple[Source, ...] | None,
-    cloud_version: int | None,
-    manifest: Manifest | None,
-    single: bool,
-    start: float,
-) -> Prediction | BatchPrediction:
-    probs = confidences(outputs, manifest.output_kind if manifest else "logits")
+def _result(answer: _Answer, manifest: Manifest | None, single: bool, start: float) -> Prediction | BatchPrediction:
+    outputs, sources, cloud_version, probs = answer
+    if probs is None:
+        probs = confidences(outputs, manifest.output_kind if manifest else "logits")
     labels = probs.argmax(axis=1)
     version = manifest.version if manifest else cloud_version
     if sources is not None and cloud_version is not None and all(s == "cloud" for s in sources):
