@@ -1,9 +1,10 @@
-# make install: set up .venv and Mosquitto; make demo: the end-to-end demo; make test: lint, format check, tests.
+# make install: set up .venv and Mosquitto; make demo: the end-to-end demo; make test: lint, format check, tests
+# (then the edge tests under Python 3.10: make test-py310).
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedge-installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-py310 lint format bench clean
 
 install: $(STAMP)
 
@@ -19,6 +20,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-py310
+
+# The edge tests once more under Python 3.10 (JetPack 6) in .venv310; skipped, with the reason, where none exists.
+test-py310: $(STAMP)
+	VENV=$(VENV) bash scripts/test-py310.sh
 
 format: $(STAMP)
 	$(BIN)/ruff format .

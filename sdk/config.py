@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import tomllib
-
 from sdk.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "check", "from_mapping", "load_section"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6, Ubuntu 22.04): tomli is tomllib's twin, a dependency there
+    import tomli as tomllib
+
+__all__ = ["ENV_PREFIX", "check", "from_mapping", "load_section", "tomllib"]
 
 ENV_PREFIX = "FEDGE_"
 

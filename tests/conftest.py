@@ -1,4 +1,8 @@
-"""Session fixtures: a digits model trained once and exported by our own pipeline."""
+"""Session fixtures: a digits model trained once and exported by our own pipeline.
+
+With ``FEDGE_TEST_MODELS`` set (the Python 3.10 edge run, which has no torch) the model and the split come
+from that folder, which ``python -m reference_model`` filled in the main venv, and nothing here imports torch.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+import reference_model
 from waiting import PATIENCE_S
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+PREBUILT = os.environ.get(reference_model.ENV_VAR)
+
 
 @pytest.fixture(scope="session")
 def digits_split():
+    if PREBUILT:
+        return reference_model.load_split(Path(PREBUILT) / reference_model.SPLIT_FILE)
     from federation.task import load_split
 
     return load_split(0)
@@ -21,22 +30,17 @@ def digits_split():
 
 @pytest.fixture(scope="session")
 def digits_model(digits_split):
-    from federation.task import DigitsCNN, set_seed, train
-
-    set_seed(0)
-    model = DigitsCNN()
-    train(model, digits_split.x_train, digits_split.y_train, epochs=12, lr=3e-3)
-    return model.eval()
+    return reference_model.train(digits_split)
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory, digits_model, digits_split) -> Path:
+def model_dir(tmp_path_factory, request) -> Path:
     """A pruned (50%) model directory with fp32 ONNX, int8 ONNX and int8 LiteRT artifacts."""
-    from federation.export import ExportConfig, export_model
-
-    out = tmp_path_factory.mktemp("models") / "digits-v1"
-    export_model(digits_model, out, digits_split, ExportConfig(version=1, sparsity=0.5))
-    return out
+    out = tmp_path_factory.mktemp("models") / reference_model.MODEL_DIR
+    if PREBUILT:
+        return reference_model.copy_model(Path(PREBUILT), out)
+    model, split = request.getfixturevalue("digits_model"), request.getfixturevalue("digits_split")
+    return reference_model.build(model, split, out)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from extras import needs
 
 
 def fedge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -16,9 +17,9 @@ def fedge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", ["export", "predict", "info", "train", "demo"])
+@pytest.mark.parametrize("command", ["export", "predict", "info", "train", "demo", "calibrate", "edge run"])
 def test_every_command_has_help(command):
-    result = fedge(command, "--help")
+    result = fedge(*command.split(), "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
 
@@ -78,6 +79,7 @@ def test_bad_config_key_names_the_key(model_dir, tmp_path):
     assert "edge.threads: unknown key" in result.stderr
 
 
+@needs("torch", "sklearn")
 def test_train_then_export(tmp_path):
     ckpt = tmp_path / "digits.pt"
     assert fedge("train", "--out", str(ckpt), "--epochs", "6").returncode == 0

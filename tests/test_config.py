@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
+from extras import needs
 
 from sdk.edge import EdgeConfig
 from sdk.errors import ConfigError
@@ -70,22 +72,20 @@ def test_direct_construction_is_validated_too():
         EdgeConfig(max_batch_size=0)
 
 
-def test_the_readme_configuration_example_loads(tmp_path):
-    from pathlib import Path
-
-    from federation.export import ExportConfig
-    from sdk.cloud.config import CloudConfig
-    from sdk.edge import EdgeConfig
-    from sdk.edge.updater import UpdateConfig
-    from sdk.mqtt import MqttSettings
-
+@pytest.mark.parametrize(
+    ("module", "name", "key", "expected"),
+    [
+        ("sdk.edge", "EdgeConfig", "fallback", "edge-first"),
+        ("sdk.mqtt", "MqttSettings", "tls", True),
+        ("sdk.edge.updater", "UpdateConfig", "target", "tflite"),
+        ("sdk.cloud.config", "CloudConfig", "max_queue", 1024),
+        pytest.param("federation.export", "ExportConfig", "sparsity", 0.5, marks=needs("torch")),
+    ],
+)
+def test_the_readme_configuration_example_loads(tmp_path, module, name, key, expected):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     block = readme.split("### Configuration", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
     path = tmp_path / "fedge.toml"
     path.write_text(block)
-    env: dict[str, str] = {}
-    assert EdgeConfig.load(path, env).fallback == "edge-first"
-    assert MqttSettings.load(path, env).tls is True
-    assert UpdateConfig.load(path, env).target == "tflite"
-    assert CloudConfig.load(path, env).max_queue == 1024
-    assert ExportConfig.load(path, env).sparsity == 0.5
+    value = getattr(getattr(importlib.import_module(module), name).load(path, {}), key)
+    assert (value, type(value)) == (expected, type(expected))

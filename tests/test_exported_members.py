@@ -7,8 +7,9 @@ import importlib
 import inspect
 
 import pytest
+from extras import needs
 
-PUBLIC = ["sdk.edge", "sdk.errors", "sdk.manifest", "federation.export"]
+PUBLIC = ["sdk.edge", "sdk.errors", "sdk.manifest", pytest.param("federation.export", marks=needs("torch"))]
 
 
 def isort_order(name: str) -> tuple[int, str]:

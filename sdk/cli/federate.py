@@ -40,10 +40,9 @@ def federate(
     """Train the digits model with Flower across clients; every accepted round becomes a new version."""
     from dataclasses import replace
 
-    import tomllib
-
     from federation.runner import SuperLink, run_app, write_connection
     from federation.settings import FederationSettings
+    from sdk.config import tomllib
 
     if engine not in ("simulation", "deployment"):
         raise typer.BadParameter("must be simulation or deployment", param_hint="--engine")

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from extras import needs
 
 from sdk.edge.calibration import Calibration, calibrate, wilson_lower
 
@@ -13,6 +14,9 @@ from sdk.edge.calibration import Calibration, calibrate, wilson_lower
 CONF = np.array([0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.9, 0.95], dtype=np.float32)
 EDGE = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1], dtype=bool)
 CLOUD = np.ones(10, dtype=bool)
+
+#: ``fedge calibrate`` reads the digits validation split through federation.task (torch, scikit-learn).
+FEDGE_CALIBRATE = needs("torch", "sklearn")
 
 
 def end_to_end(conf, edge, cloud, threshold):
@@ -198,6 +202,7 @@ def test_wilson_lower_rejects_bad_counts():
         wilson_lower(0, 0, 0.95)
 
 
+@FEDGE_CALIBRATE
 def test_cli_writes_a_threshold_the_runtime_loads(model_copy):
     from typer.testing import CliRunner
 
@@ -229,6 +234,7 @@ def test_cli_writes_a_threshold_the_runtime_loads(model_copy):
         assert rt.confidence_threshold == out["threshold"]
 
 
+@FEDGE_CALIBRATE
 def test_cli_writes_a_nonzero_threshold_exactly(model_copy, monkeypatch):
     from typer.testing import CliRunner
 
@@ -253,6 +259,7 @@ def test_cli_writes_a_nonzero_threshold_exactly(model_copy, monkeypatch):
         assert rt.confidence_threshold == out["threshold"]
 
 
+@FEDGE_CALIBRATE
 def test_cli_table_and_no_write(model_copy):
     from typer.testing import CliRunner
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
+import pytest
+from extras import DEVICE_PYTHON
 
 
+@pytest.mark.device_subprocess
 def test_device_program_installs_at_start_and_answers(tmp_path, broker, server, repo, versions, digits_split):
     repo.release(versions(1))
     (tmp_path / "root.json").write_bytes(repo.root_bytes(1))
@@ -31,7 +33,7 @@ repository_url = "{server.url}/tuf"
 target = "onnx-int8"
 """
     )
-    command = [sys.executable, "-m", "sdk.cli", "edge", "run", "-c", str(tmp_path / "fedge.toml")]
+    command = [DEVICE_PYTHON, "-m", "sdk.cli", "edge", "run", "-c", str(tmp_path / "fedge.toml")]
     command += ["--state-dir", str(tmp_path / "state"), "--root-metadata", str(tmp_path / "root.json")]
     command += ["--samples", str(tmp_path / "samples.npy"), "--count", "3", "--interval", "0.1"]
     proc = subprocess.run(

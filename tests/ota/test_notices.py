@@ -6,12 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
 
 import pytest
+from extras import DEVICE_PYTHON
 from waiting import PATIENCE_S, poll
 
 from sdk import topics
@@ -67,6 +67,7 @@ def test_a_forged_notice_alone_installs_nothing(broker, device, repo):
     assert updater.installed_version is None
 
 
+@pytest.mark.device_subprocess
 def test_last_will_marks_a_vanished_device_offline(broker):
     settings = MqttSettings.from_address(broker.address, keepalive_s=5)
     seen: list[dict] = []
@@ -84,7 +85,7 @@ def test_last_will_marks_a_vanished_device_offline(broker):
         time.sleep(60)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script])
+    proc = subprocess.Popen([DEVICE_PYTHON, "-c", script])
     poll(lambda: any(s.get("step") == "up" for s in seen), "the device's first status")
     proc.send_signal(signal.SIGKILL)  # no clean disconnect: the broker sends the will
     proc.wait()
@@ -117,6 +118,7 @@ print(updater.check().outcome)
 """
 
 
+@pytest.mark.device_subprocess
 @pytest.mark.parametrize(
     ("kill_at", "boots_on"),
     [
@@ -137,7 +139,7 @@ def test_power_loss_at_any_step_leaves_a_valid_model(tmp_path, device, repo, ver
     root_file = tmp_path / "root.json"
     root_file.write_bytes(repo.root_bytes(1))
     proc = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, str(updater.store.root), f"{server.url}/tuf", str(root_file), kill_at],
+        [DEVICE_PYTHON, "-c", KILL_SCRIPT, str(updater.store.root), f"{server.url}/tuf", str(root_file), kill_at],
         capture_output=True,
         text=True,
         timeout=120,
