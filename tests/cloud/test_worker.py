@@ -6,6 +6,7 @@ import uuid
 
 import numpy as np
 import pytest
+from peers import subscribed_client
 from waiting import PATIENCE_S, poll
 
 from sdk import topics, wire
@@ -32,13 +33,7 @@ class RawRequester:
         self.replies: dict[bytes, wire.Message] = {}
         self.got = threading.Condition()
         self.reply_topic = f"fedge/v1/devices/raw-{uuid.uuid4().hex[:6]}/replies"
-        subscribed = threading.Event()
-        self.client = make_client(settings, f"raw-{uuid.uuid4().hex[:6]}")
-        self.client.on_connect = lambda c, *a: c.subscribe(self.reply_topic, qos=1)
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_message = self._on_message
-        connect(self.client, settings)
-        assert subscribed.wait(PATIENCE_S), "the broker did not confirm the reply subscription"
+        self.client = subscribed_client(settings, self.reply_topic, self._on_message)
 
     def _on_message(self, client, userdata, msg):
         with self.got:

@@ -10,6 +10,7 @@ import uuid
 
 import numpy as np
 import pytest
+from peers import subscribed_client
 from waiting import PATIENCE_S, poll
 
 from sdk import topics
@@ -17,7 +18,7 @@ from sdk.edge import EdgeConfig, EdgeRuntime
 from sdk.edge.breaker import CircuitBreaker
 from sdk.edge.cloud_client import CloudClient
 from sdk.errors import BackendError, CloudError, ModelNotFound
-from sdk.mqtt import MqttSettings, connect, make_client
+from sdk.mqtt import MqttSettings
 
 PATIENT_MS = PATIENCE_S * 1000
 
@@ -33,13 +34,7 @@ class RequestLog:
     def __init__(self, settings):
         self.ids: list[bytes] = []
         self._lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = make_client(settings, f"listener-{uuid.uuid4().hex[:6]}")
-        self.client.on_connect = lambda c, *a: c.subscribe(f"{topics.PREFIX}/infer/+", qos=1)
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_message = self._on_message
-        connect(self.client, settings)
-        assert subscribed.wait(PATIENCE_S), "the broker did not confirm the listener's subscription"
+        self.client = subscribed_client(settings, f"{topics.PREFIX}/infer/+", self._on_message)
 
     def _on_message(self, client, userdata, msg):
         with self._lock:
