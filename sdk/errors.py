@@ -10,8 +10,10 @@ FedgeError
 ├── ModelError                  a model directory cannot be used
 │   ├── ModelNotFound           no manifest, or no artifact for this device
 │   ├── ManifestError           manifest.json is malformed
-│   └── ModelIntegrityError     a file is missing, truncated, corrupted or tampered with
+│   ├── ModelIntegrityError     a file is missing, truncated, corrupted or tampered with
+│   └── ModelSignatureMismatch  the engine's input or output differs from the manifest
 ├── BackendUnavailable          the runtime package or execution provider is not installed
+│   └── EngineLoadFailed        the engine is there but cannot load the model now (provider, memory)
 ├── BackendError                the inference engine failed while running a loaded model
 ├── ExportError                 the export pipeline cannot produce a model directory
 │   └── AccuracyGateFailed      an int8 or pruned artifact lost too much accuracy
@@ -29,7 +31,10 @@ FedgeError
 │   ├── NotFound                no such model, version, release or device
 │   └── Conflict                the operation contradicts the registry's state
 ├── UpdateError                 an over-the-air update did not install
+│   ├── RepositoryUnreachable   the release repository cannot be reached or hung up mid-transfer
+│   ├── DeviceResourceError     the device ran out of disk or memory, or could not write a file
 │   ├── UpdateRejected          metadata or artifact failed verification (TUF, hash, size)
+│   │   └── ReleaseUnusable     the signed release itself cannot serve this device
 │   └── SmokeTestFailed         the new model did not load or failed its probe
 └── PrivacyBudgetExhausted      the differential-privacy budget is spent
 ```
@@ -53,6 +58,8 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "DeadlineExceeded",
+    "DeviceResourceError",
+    "EngineLoadFailed",
     "ExportError",
     "FedgeError",
     "InputDtypeError",
@@ -62,13 +69,16 @@ __all__ = [
     "ModelError",
     "ModelIntegrityError",
     "ModelNotFound",
+    "ModelSignatureMismatch",
     "NonFiniteInput",
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
     "PrivacyBudgetExhausted",
     "RegistryError",
+    "ReleaseUnusable",
     "RemoteError",
+    "RepositoryUnreachable",
     "SmokeTestFailed",
     "Unauthorized",
     "UnknownModel",
@@ -123,8 +133,16 @@ class ModelIntegrityError(ModelError):
     """A model file is missing, truncated, corrupted or does not match its hash."""
 
 
+class ModelSignatureMismatch(ModelError):
+    """The engine's input or output (shape, dtype) differs from what the manifest promises."""
+
+
 class BackendUnavailable(FedgeError):
     """The inference package or execution provider needed is not installed."""
+
+
+class EngineLoadFailed(BackendUnavailable):
+    """The engine is installed but cannot load the model now (a provider failed, memory ran out): not a bad file."""
 
 
 class BackendError(FedgeError):
@@ -210,8 +228,20 @@ class UpdateError(FedgeError):
     """An over-the-air update did not install; the device keeps its current model."""
 
 
+class RepositoryUnreachable(UpdateError):
+    """The release repository cannot be reached, or the connection broke mid-transfer."""
+
+
+class DeviceResourceError(UpdateError):
+    """The device ran out of disk or memory, or could not write a file, while updating."""
+
+
 class UpdateRejected(UpdateError):
     """Release metadata or an artifact failed verification."""
+
+
+class ReleaseUnusable(UpdateRejected):
+    """The signed release itself cannot serve this device (its manifest contradicts it, a file is missing)."""
 
 
 class SmokeTestFailed(UpdateError):

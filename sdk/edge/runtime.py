@@ -18,15 +18,25 @@ from sdk.edge.cache import ResultCache, input_key
 from sdk.edge.config import EdgeConfig
 from sdk.edge.fallback import cloud_budget, low_confidence, resolve_threshold
 from sdk.edge.inputs import InputPolicy
+from sdk.edge.install import fetched_kinds
 from sdk.edge.prediction import BatchPrediction, Prediction, Source, confidences
-from sdk.errors import BackendError, BackendUnavailable, CloudError, ModelIntegrityError, ModelNotFound, RemoteError
+from sdk.errors import (
+    BackendError,
+    BackendUnavailable,
+    CloudError,
+    InvalidInput,
+    ModelIntegrityError,
+    ModelNotFound,
+    ModelSignatureMismatch,
+    RemoteError,
+)
 from sdk.manifest import Artifact, Manifest, load_manifest, load_probe, verify_files
 from sdk.wire import Message
 
 if TYPE_CHECKING:  # the MQTT client is imported only by those who use the cloud
     from sdk.edge.cloud_client import CloudClient
 
-__all__ = ["EdgeRuntime", "LoadedModel", "load_model"]
+__all__ = ["EdgeRuntime", "LoadedModel", "check_signature", "load_model", "smoke_test"]
 
 log = logging.getLogger("fedge.edge")
 
@@ -53,27 +63,26 @@ def load_model(model_dir: str | os.PathLike[str], config: EdgeConfig) -> LoadedM
         ModelNotFound: no manifest, or no artifact kind of ``config.artifacts``.
         ManifestError: the manifest is malformed.
         ModelIntegrityError: a file is missing or does not match its hash, or the probe fails.
-        BackendUnavailable: no engine for any wanted artifact is installed.
+        ModelSignatureMismatch: the engine's input or output differs from the manifest's.
+        BackendUnavailable: no engine for any wanted artifact is installed (``EngineLoadFailed``: it
+            is installed but cannot load the file here, e.g. a provider failed or memory ran out).
     """
     directory = Path(model_dir)
     manifest = load_manifest(directory)
-    # Every artifact this device may run must be present and intact; any other one present must be
-    # intact too. (A device updated over the air holds only the artifact for its own target.)
-    entries: list = [
-        a for a in manifest.artifacts.values() if a.kind in config.artifacts or (directory / a.file).exists()
-    ]
+    held = fetched_kinds(directory)  # None: a whole exported directory, which holds every artifact
+    runnable = [k for k in config.artifacts if k in manifest.artifacts and (held is None or k in held)]
+    # Every artifact this device may run and the directory should hold must be present and intact;
+    # any other one present must be intact too.
+    entries: list = [a for a in manifest.artifacts.values() if a.kind in runnable or (directory / a.file).exists()]
     if manifest.probe is not None:
         entries.append(manifest.probe)
     verify_files(directory, entries)
 
-    candidates = [
-        manifest.artifacts[k]
-        for k in config.artifacts
-        if k in manifest.artifacts and config.backend in ("auto", BACKEND_FOR_KIND[k])
-    ]
+    candidates = [manifest.artifacts[k] for k in runnable if config.backend in ("auto", BACKEND_FOR_KIND[k])]
     if not candidates:
+        holds = sorted(manifest.artifacts) if held is None else sorted(held)
         raise ModelNotFound(
-            f"{manifest.name} v{manifest.version} has artifacts {sorted(manifest.artifacts)}, "
+            f"{manifest.name} v{manifest.version} holds artifacts {holds}, "
             f"none of them allowed by artifacts={list(config.artifacts)} backend={config.backend!r}"
         )
     missing: list[str] = []
@@ -89,6 +98,11 @@ def load_model(model_dir: str | os.PathLike[str], config: EdgeConfig) -> LoadedM
         except BackendUnavailable as exc:
             missing.append(f"{artifact.kind}: {exc}")
             continue
+        try:
+            check_signature(manifest, backend)
+        except BaseException:
+            backend.close()
+            raise
         model = LoadedModel(
             directory=directory,
             manifest=manifest,
@@ -112,13 +126,46 @@ def load_model(model_dir: str | os.PathLike[str], config: EdgeConfig) -> LoadedM
     raise BackendUnavailable("no engine can run this model: " + "; ".join(missing))
 
 
+def check_signature(manifest: Manifest, backend: Backend) -> None:
+    """Compare the engine's input and output with the manifest's specs; dynamic dimensions match anything.
+
+    Raises:
+        ModelSignatureMismatch: a shape or dtype differs, so live calls would fail on this engine.
+    """
+    signature = backend.signature()
+    if signature is None:
+        return
+    ends = (
+        ("input", manifest.input, signature.input_shape, signature.input_dtype),
+        ("output", manifest.outputs[0], signature.output_shape, signature.output_dtype),
+    )
+    for end, spec, shape, dtype in ends:
+        want = tuple(spec.shape[1:])
+        fits = len(shape) == len(want)
+        fits = fits and all(a is None or b is None or a == b for a, b in zip(shape, want, strict=True))
+        if not fits or dtype != spec.dtype:
+            raise ModelSignatureMismatch(
+                f"the engine's {end} takes samples {shape} of {dtype}; the manifest says {want} of {spec.dtype}"
+            )
+
+
 def smoke_test(model: LoadedModel) -> None:
-    """Run the manifest's probe input and compare with the output the export recorded."""
+    """Run the manifest's probe input the way a live call runs, and compare with the output the export recorded.
+
+    Raises:
+        ModelSignatureMismatch: the probe input does not pass the manifest's input spec.
+        ModelIntegrityError: the output differs from the recorded one.
+        BackendError: the engine failed on the probe.
+    """
     probe = load_probe(model.directory, model.manifest)
     expected = probe.get(f"expected/{model.artifact.kind}")
     if expected is None:
         raise ModelIntegrityError(f"the probe has no expected output for {model.artifact.kind}")
-    got = model.backend.run(np.ascontiguousarray(probe["input"]))
+    try:
+        batch, _ = model.inputs.prepare(probe["input"])  # the input path of EdgeRuntime.predict
+    except InvalidInput as exc:
+        raise ModelSignatureMismatch(f"the probe input does not fit the manifest's input: {exc}") from exc
+    got = model.backend.run(batch)
     atol = model.manifest.probe.atol if model.manifest.probe else 1e-3
     if got.shape != expected.shape or not np.allclose(got, expected, atol=atol, rtol=1e-3):
         raise ModelIntegrityError(f"{model.artifact.file} does not reproduce the probe output recorded at export")
@@ -150,6 +197,7 @@ class EdgeRuntime:
         self._local_s = 0.0  # a running estimate of one local call, to keep room for it before the deadline
         self.local_calls = 0
         self.local_errors = 0
+        self.local_error_run = 0  # local calls failed in a row, since the last success or swap
         self._closed = False
         self._lock = threading.Lock()
         if model is None and cloud is None:
@@ -292,7 +340,9 @@ class EdgeRuntime:
             outputs = model.backend.run(batch)
         except BackendError:
             self.local_errors += 1
+            self.local_error_run += 1
             raise
+        self.local_error_run = 0
         self._local_s = 0.8 * self._local_s + 0.2 * (time.perf_counter() - t0)
         return outputs
 
@@ -331,6 +381,7 @@ class EdgeRuntime:
                 model.close()
                 raise RuntimeError("the runtime is closed")
             old, self._model = self._model, model
+            self.local_error_run = 0
         if self._cache is not None:
             self._cache.clear()
         if old is None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from sdk.edge.backends.base import Backend
+from sdk.edge.backends.base import Backend, Signature
 
-__all__ = ["BACKEND_FOR_KIND", "Backend", "open_backend"]
+__all__ = ["BACKEND_FOR_KIND", "Backend", "Signature", "open_backend"]
 
 BACKEND_FOR_KIND = {"onnx-fp32": "onnxruntime", "onnx-int8": "onnxruntime", "tflite": "litert"}
 

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import abc
 from types import TracebackType
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "Signature"]
+
+
+class Signature(NamedTuple):
+    """What an engine takes and returns as callers see it: one sample's shape (None where dynamic) and dtype."""
+
+    input_shape: tuple[int | None, ...]
+    input_dtype: str
+    output_shape: tuple[int | None, ...]
+    output_dtype: str
 
 
 class Backend(abc.ABC):
@@ -23,6 +33,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run a batch (leading dimension N) and return the model's first output; thread-safe."""
+
+    def signature(self) -> Signature | None:
+        """The input and output the loaded file declares; None when the engine cannot tell."""
+        return None
 
     @abc.abstractmethod
     def close(self) -> None:

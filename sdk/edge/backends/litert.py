@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from sdk.edge.backends.base import Backend
-from sdk.errors import BackendError, BackendUnavailable, ModelIntegrityError
+from sdk.edge.backends.base import Backend, Signature
+from sdk.errors import BackendError, BackendUnavailable, EngineLoadFailed, ModelIntegrityError
 
 __all__ = ["LiteRTBackend", "interpreter_package"]
 
@@ -88,6 +88,8 @@ class LiteRTBackend(Backend):
         try:
             self._interp = interpreter_cls(model_path=os.fspath(path), num_threads=num_threads or None)
             self._interp.allocate_tensors()
+        except MemoryError as exc:
+            raise EngineLoadFailed(f"LiteRT cannot load {Path(path).name} here: out of memory") from exc
         except Exception as exc:
             raise ModelIntegrityError(f"LiteRT cannot load {Path(path).name}: {exc}") from exc
         inp = self._interp.get_input_details()[0]
@@ -136,6 +138,16 @@ class LiteRTBackend(Backend):
         if self._out_quant is not None:
             return self._out_quant.dequantize(out)
         return out.copy()
+
+    def signature(self) -> Signature:
+        """The first input and output; a quantized end is seen as float32, since ``run`` (de)quantizes it."""
+        ends: list = []
+        inp, out = self._interp.get_input_details()[0], self._interp.get_output_details()[0]
+        for detail, quant in ((inp, self._in_quant), (out, self._out_quant)):
+            dims = detail.get("shape_signature", detail["shape"])
+            ends.append(tuple(int(d) if d >= 0 else None for d in list(dims)[1:]))
+            ends.append("float32" if quant is not None else np.dtype(detail["dtype"]).name)
+        return Signature(*ends)
 
     def close(self) -> None:
         """Drop the interpreter."""

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdk.edge.backends.base import Backend
-from sdk.errors import BackendError, BackendUnavailable, ModelIntegrityError
+from sdk.edge.backends.base import Backend, Signature
+from sdk.errors import BackendError, BackendUnavailable, EngineLoadFailed, ModelIntegrityError
 
 __all__ = ["PROVIDER_ALIASES", "OnnxRuntimeBackend", "available_providers", "resolve_providers"]
 
@@ -20,6 +20,14 @@ PROVIDER_ALIASES = {
     "coreml": "CoreMLExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+# ONNX Runtime's pybind error classes that blame the machine (a provider, a device, memory), not the file.
+_ENGINE_FAULTS = ("EPFail", "EngineError", "DeviceReset")
+_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+_ONNX_DTYPES |= {f"tensor({t})": t for t in ("int8", "uint8", "int32", "int64")}
+
+
+def _sample_shape(shape: Sequence[object]) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else None for d in list(shape)[1:])
 
 
 def _import_ort():
@@ -83,6 +91,8 @@ class OnnxRuntimeBackend(Backend):
         try:
             self._session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=provider_args)
         except Exception as exc:  # ORT raises its own pybind classes for every load failure
+            if isinstance(exc, MemoryError) or type(exc).__name__ in _ENGINE_FAULTS:
+                raise EngineLoadFailed(f"onnxruntime cannot load {Path(path).name} here: {exc}") from exc
             raise ModelIntegrityError(f"onnxruntime cannot load {Path(path).name}: {exc}") from exc
         self.devices = tuple(self._session.get_providers())
         self.num_threads = self._session.get_session_options().intra_op_num_threads
@@ -97,6 +107,16 @@ class OnnxRuntimeBackend(Backend):
             raise RuntimeError("the backend is closed") from None
         except Exception as exc:
             raise BackendError(f"onnxruntime failed: {exc}") from exc
+
+    def signature(self) -> Signature:
+        """The first input and output of the graph."""
+        inp, out = self._session.get_inputs()[0], self._session.get_outputs()[0]
+        return Signature(
+            _sample_shape(inp.shape),
+            _ONNX_DTYPES.get(inp.type, inp.type),
+            _sample_shape(out.shape),
+            _ONNX_DTYPES.get(out.type, out.type),
+        )
 
     def close(self) -> None:
         """Drop the session."""
