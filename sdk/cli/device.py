@@ -53,11 +53,14 @@ def run(
     with runtime, DeviceLink(mqtt, update.device_id, update.model, on_notice=updater.check) as link:
         updater.reporter = link.report
 
-        updater.check()  # at start: a device that was offline catches up before it serves
+        # At start a device that was offline catches up; then each outcome says when to look again
+        # (the interval with jitter, or a backoff after a failure).
+        first = updater.check()
 
         def schedule() -> None:
-            while not stop.wait(update.check_interval_s):
-                updater.check()
+            wait = first.retry_after_s
+            while not stop.wait(wait):
+                wait = updater.check().retry_after_s
 
         threading.Thread(target=schedule, name="fedge-update-schedule", daemon=True).start()
         inputs = np.load(samples, allow_pickle=False) if samples else None

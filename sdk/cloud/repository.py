@@ -39,7 +39,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from sdk.cloud.signing import KeySet
 from sdk.errors import Conflict, NotFound
-from sdk.manifest import load_manifest, verify_files
+from sdk.manifest import ARTIFACT_KINDS, load_manifest, verify_files
 
 __all__ = ["ReleaseRepository", "ReleaseState"]
 
@@ -242,13 +242,19 @@ class ReleaseRepository:
         _write_atomic(self.metadata_dir / name, md.to_bytes(_SERIALIZER))
 
     def _write_indexes(self, targets: Targets) -> None:
-        """One signed ``<model>/index.json`` target per model: its releases, so a device can choose one."""
+        """One signed ``<model>/index.json`` target per model: its releases, each with the artifact kinds it carries."""
         by_model: dict[str, list[dict[str, Any]]] = {}
+        carried: dict[tuple[str, int], list[str]] = {}
+        for info in targets.targets.values():
+            custom = info.unrecognized_fields.get("custom", {})
+            if custom.get("kind") in ARTIFACT_KINDS:
+                carried.setdefault((custom["model"], custom["version"]), []).append(custom["kind"])
         for info in targets.targets.values():
             custom = info.unrecognized_fields.get("custom", {})
             if custom.get("kind") != "manifest":
                 continue
             release = {k: custom[k] for k in ("version", "channel", "rollout", "state")}
+            release["targets"] = sorted(carried.get((custom["model"], custom["version"]), []))
             by_model.setdefault(custom["model"], []).append(release)
         for model, releases in by_model.items():
             data = json.dumps({"model": model, "releases": sorted(releases, key=lambda r: r["version"])}).encode()

@@ -1,20 +1,27 @@
-"""Over-the-air model updates: verify with TUF, smoke-test, install atomically, swap, watch, roll back.
+"""Over-the-air model updates: the driver that does the I/O of :mod:`sdk.edge.update_machine`.
 
 ```python
 store = ModelStore("/var/lib/fedge/digits")
 updater = ModelUpdater(store, UpdateConfig(model="digits", device_id="pi-7", repository_url=URL), trusted_root)
-outcome = updater.check()          # at start, on an MQTT notice, and on a timer
+outcome = updater.check()          # at start, on an MQTT notice, and after outcome.retry_after_s
+updater.forget(5)                  # an operator lets a refused version be tried again
 ```
 One ``check``: refresh the signed metadata (``tuf.ngclient``: rollback, freeze, mix-and-match,
 endless data and untrusted keys are refused there), read the model's signed release index,
-pick the newest active release for this device's channel that its rollout bucket admits,
-download the manifest, the artifact for this device's target and the probe (each verified
-against the signed length and sha256), check that the manifest is the release it claims,
-load it and run its probe, publish it as a new version directory, point ``current`` at it,
-swap it into the running runtime, then watch a health window (the probe again, several
-times, and the error rate of live calls) and roll back to the previous version on failure.
-Every step is reported; any refusal leaves the device serving the model it had. An MQTT
-notice only triggers a ``check``: it installs nothing.
+pick the newest active release for this device's channel that its rollout bucket admits, that
+carries this device's target and that the device did not refuse before; download the manifest,
+the artifact for this device's target and the probe (each verified against the signed length and
+sha256, before anything is written into the model directory), check that the manifest is the
+release it claims, load it through the engine (its input and output signature against the
+manifest) and run its probe through the live input path, publish it as a new version directory,
+point ``current`` at it, swap it into the running runtime, then watch a health window (the probe
+again, the error rate of live calls, and a run of failed live calls that ends it at once) and roll
+back to the previous version on failure.
+
+``check`` never raises: every failure, ours or a foreign library's (mapped in
+:mod:`sdk.edge.update_errors`), is an outcome that is reported and says when to check again.
+Rejected and rolled-back versions are kept in the update memory (:mod:`sdk.edge.update_memory`).
+An MQTT notice only triggers a ``check``: it installs nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import threading
@@ -29,23 +37,37 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sdk.config import check as check_config
 from sdk.config import load_section
 from sdk.edge.config import EdgeConfig
-from sdk.edge.install import ModelStore
+from sdk.edge.install import ModelStore, write_fetched
 from sdk.edge.rollout import in_rollout
 from sdk.edge.runtime import EdgeRuntime, LoadedModel, load_model, smoke_test
-from sdk.errors import FedgeError, ModelError, SmokeTestFailed, UpdateRejected
+from sdk.edge.update_errors import map_update_errors, translate
+from sdk.edge.update_machine import (
+    Backoff,
+    Decision,
+    HealthRules,
+    Outcome,
+    Release,
+    State,
+    UpdateMachine,
+    Verdict,
+    blames_release,
+    choose_release,
+)
+from sdk.edge.update_memory import UpdateMemory
+from sdk.errors import ConfigError, FedgeError, ModelError, ReleaseUnusable, SmokeTestFailed, UpdateRejected
 from sdk.manifest import ARTIFACT_KINDS, load_manifest
 
 __all__ = ["ModelUpdater", "UpdateConfig", "UpdateOutcome", "open_installed"]
 
 log = logging.getLogger("fedge.edge.updater")
 
-Outcome = Literal["up-to-date", "installed", "rejected", "rolled-back", "unreachable"]
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_WATCH_STEP_S = 0.05  # how often the health window looks at the live error counters
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,18 +81,22 @@ class UpdateConfig:
     channel: str = "stable"
     max_download_bytes: int = 256 * 1024 * 1024
     check_interval_s: float = 900.0
+    retry_base_s: float = 5.0
     health_window_s: float = 10.0
     health_probes: int = 3
     max_error_rate: float = 0.05
+    max_error_run: int = 3
 
     def __post_init__(self) -> None:
         check_config(self.target in ARTIFACT_KINDS, "target", f"must be one of {', '.join(ARTIFACT_KINDS)}")
         check_config(self.repository_url.startswith(("http://", "https://")), "repository_url", "must be http(s)")
         check_config(self.max_download_bytes > 0, "max_download_bytes", "must be > 0")
         check_config(self.check_interval_s >= 1, "check_interval_s", "must be >= 1")
+        check_config(0 < self.retry_base_s <= self.check_interval_s, "retry_base_s", "must be in (0, check_interval_s]")
         check_config(self.health_window_s >= 0, "health_window_s", "must be >= 0")
         check_config(self.health_probes >= 1, "health_probes", "must be >= 1")
         check_config(0 <= self.max_error_rate <= 1, "max_error_rate", "must be within [0, 1]")
+        check_config(self.max_error_run >= 1, "max_error_run", "must be >= 1")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> UpdateConfig:
@@ -80,11 +106,13 @@ class UpdateConfig:
 
 @dataclass(frozen=True)
 class UpdateOutcome:
-    """What one check did."""
+    """What one check did: the outcome, the version the device runs after it, why, and when to check again."""
 
     outcome: Outcome
     version: int | None
     detail: str = ""
+    retry_after_s: float = 0.0
+    release: int | None = None  # the release this check was about, if it chose one
 
 
 Reporter = Callable[[dict[str, Any]], None]
@@ -103,18 +131,41 @@ class ModelUpdater:
         edge_config: EdgeConfig | None = None,
         reporter: Reporter | None = None,
         fetcher: Any = None,
+        memory: UpdateMemory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         """Update ``store`` (and swap into ``runtime``) from the TUF repository at ``config.repository_url``.
 
         ``trusted_root`` is the root metadata the device was provisioned with; after the first
-        check the newest verified root in ``<store>/tuf`` is the trust anchor.
+        check the newest verified root in ``<store>/tuf`` is the trust anchor. ``edge_config``
+        must allow ``config.target``: it is the one artifact the device fetches and runs.
+        ``clock``, ``sleep`` and ``draw`` (jitter, uniform in [0, 1)) are there for tests.
+
+        Raises:
+            ConfigError: ``edge_config.artifacts`` does not name ``config.target``.
         """
         self.store = store
         self.config = config
         self.runtime = runtime
         self.edge_config = edge_config or EdgeConfig(artifacts=(config.target,))
+        if config.target not in self.edge_config.artifacts:
+            allowed = list(self.edge_config.artifacts)
+            raise ConfigError("update.target", f"{config.target!r} is not in [edge] artifacts {allowed}")
         self.reporter: Reporter = reporter or (lambda event: None)
+        self.memory = memory or UpdateMemory(store.root / "update-memory.json")
         self._fetcher = fetcher
+        self._clock, self._sleep, self._draw = clock, sleep, draw
+        self._backoff = Backoff(
+            base_s=config.retry_base_s, max_s=config.check_interval_s, interval_s=config.check_interval_s
+        )
+        self._health = HealthRules(
+            window_s=config.health_window_s,
+            probes=config.health_probes,
+            max_error_rate=config.max_error_rate,
+            max_error_run=config.max_error_run,
+        )
         self._lock = threading.Lock()
         self._metadata_dir = store.root / "tuf"
         self._metadata_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +178,7 @@ class ModelUpdater:
         return self.store.version_of(self.store.current())
 
     def report(self, step: str, **detail: Any) -> None:
-        """Tell the reporter (and the log) about a step."""
+        """Tell the reporter (and the log) about a step; a failing reporter never stops an update."""
         event = {
             "device_id": self.config.device_id,
             "model": self.config.model,
@@ -137,16 +188,49 @@ class ModelUpdater:
             **detail,
         }
         log.info("update %s: %s", step, detail or "")
-        self.reporter(event)
+        try:
+            self.reporter(event)
+        except Exception:  # a broker hiccup in the status link must not abort an install half-way
+            log.exception("the update reporter failed on %s", step)
+
+    def forget(self, version: int | None = None) -> list[int]:
+        """Let a refused ``version`` (None: all of them) be tried at the next check; return those forgotten."""
+        with self._lock:
+            gone = self.memory.forget(version)
+        self.report("forgotten", versions=gone)
+        return gone
 
     def check(self) -> UpdateOutcome:
-        """Look for a release for this device and install it; never raises for a bad or hostile release."""
+        """Look for a release for this device and install it; never raises, every failure is an outcome."""
         with self._lock:
+            machine = UpdateMachine(
+                backoff=self._backoff, health=self._health, failures=self.memory.failures, draw=self._draw
+            )
             try:
-                return self._check()
-            except (UpdateRejected, SmokeTestFailed) as exc:
-                self.report("rejected", reason=f"{type(exc).__name__}: {exc}")
-                return UpdateOutcome("rejected", self.installed_version, str(exc))
+                verdict = self._run(machine)
+            except Exception as exc:  # the one place a check ends on an error
+                verdict = machine.failed(_ours(exc))
+            return self._conclude(verdict)
+
+    def _conclude(self, verdict: Verdict) -> UpdateOutcome:
+        if verdict.remember and verdict.version is not None:
+            self.memory.remember(verdict.version, verdict.outcome, verdict.detail)
+        self.memory.record(verdict.outcome, verdict.version, verdict.failures)
+        try:
+            self.memory.save()
+        except OSError as exc:  # a full disk: the memory still holds in RAM until the next save
+            log.error("update memory not saved: %s", exc)
+        retry = round(verdict.retry_after_s, 3)
+        fields: dict[str, Any] = {"retry_after_s": retry}
+        if verdict.detail:
+            fields["reason"] = verdict.detail
+        if verdict.outcome == "installed":
+            fields["installed_version"] = verdict.version
+        elif verdict.version is not None:
+            fields["target_version"] = verdict.version
+        step = "healthy" if verdict.outcome == "installed" and self.runtime is not None else verdict.outcome
+        self.report(step, **fields)
+        return UpdateOutcome(verdict.outcome, self.installed_version, verdict.detail, retry, verdict.version)
 
     def _updater(self) -> Any:
         from tuf.ngclient import Updater, UpdaterConfig
@@ -162,161 +246,177 @@ class ModelUpdater:
             bootstrap=None,
         )
 
-    def _check(self) -> UpdateOutcome:
-        from tuf.api import exceptions as tuf_errors
-
+    def _run(self, machine: UpdateMachine) -> Verdict:
+        machine.advance(State.CHECKING)
         self.report("checking")
-        updater = self._updater()
-        try:
+        with map_update_errors():
+            updater = self._updater()
             updater.refresh()
-        except tuf_errors.DownloadLengthMismatchError as exc:  # endless data: an attack, not an outage
-            raise UpdateRejected(f"release metadata refused: {exc}") from exc
-        except tuf_errors.DownloadError as exc:
-            self.report("unreachable", reason=str(exc))
-            return UpdateOutcome("unreachable", self.installed_version, str(exc))
-        except tuf_errors.RepositoryError as exc:
-            raise UpdateRejected(f"release metadata refused: {type(exc).__name__}: {exc}") from exc
-        release = self._choose(updater)
-        if release is None:
-            self.report("up-to-date")
-            return UpdateOutcome("up-to-date", self.installed_version)
-        version = int(release["version"])
+            releases = self._index(updater)
+        release = choose_release(
+            releases,
+            installed=self.installed_version,
+            target=self.config.target,
+            channel=self.config.channel,
+            admitted=lambda r: in_rollout(self.config.device_id, self.config.model, r.rollout),
+            refused=self.memory.refused,
+        )
+        verdict = machine.chosen(release)
+        if verdict is not None or release is None:
+            return verdict  # type: ignore[return-value]
+        version = release.version
         staging = self.store.stage()
         try:
             self.report("downloading", target_version=version)
-            self._download(updater, version, staging)
+            with map_update_errors():
+                self._download(updater, version, staging)
+            machine.advance(State.VERIFYING)
             self.report("smoke-test", target_version=version)
             self._smoke_test(staging, version)
             self.report("installing", target_version=version)
-            installed = self.store.commit(staging, version)
+            with map_update_errors():
+                installed = self.store.commit(staging, version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return self._activate(installed, version)
+        machine.advance(State.STAGED)
+        return self._activate(machine, installed, version)
 
-    def _choose(self, updater: Any) -> dict[str, Any] | None:
-        """The newest release this device should take, from the signed index; None when there is none."""
-        index_path = f"{self.config.model}/index.json"
-        info = updater.get_targetinfo(index_path)
+    def _index(self, updater: Any) -> list[Release]:
+        """The model's releases from its signed index (none when the model was never released)."""
+        info = updater.get_targetinfo(f"{self.config.model}/index.json")
         if info is None:
-            return None
-        data = json.loads(self._fetch(updater, info, self.store.root / ".index.json"))
-        current = self.installed_version or 0
-        eligible = [
-            r
-            for r in data.get("releases", [])
-            if r.get("state") == "active"
-            and r.get("channel") == self.config.channel
-            and int(r.get("version", 0)) > current
-            and in_rollout(self.config.device_id, self.config.model, int(r.get("rollout", 0)))
-        ]
-        return max(eligible, key=lambda r: int(r["version"]), default=None)
-
-    def _fetch(self, updater: Any, info: Any, path: Path) -> bytes:
-        if info.length > self.config.max_download_bytes:
-            raise UpdateRejected(f"{info.path} is {info.length} bytes, over the {self.config.max_download_bytes} bound")
-        from tuf.api import exceptions as tuf_errors
-
+            return []
+        path = self._fetch(updater, info, self.store.root / ".index.json")
         try:
-            updater.download_target(info, str(path))
-        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
-            raise UpdateRejected(f"{info.path}: {type(exc).__name__}: {exc}") from exc
-        try:
-            return path.read_bytes()
+            entries = json.loads(path.read_bytes()).get("releases", [])
+        except (ValueError, AttributeError) as exc:
+            raise UpdateRejected(f"the signed release index is malformed: {exc}") from exc
         finally:
             path.unlink(missing_ok=True)
+        return [r for r in map(Release.from_index, entries) if r is not None]
+
+    def _fetch(self, updater: Any, info: Any, path: Path) -> Path:
+        """Download a target to ``path``, verified against its signed length and hashes before it is written."""
+        if info.length > self.config.max_download_bytes:
+            raise ReleaseUnusable(
+                f"{info.path} is {info.length} bytes, over the {self.config.max_download_bytes} bound"
+            )
+        updater.download_target(info, str(path))
+        return path
 
     def _download(self, updater: Any, version: int, staging: Path) -> None:
         model = self.config.model
         prefix = f"{model}/{version}/"
-        wanted = {"manifest", self.config.target, "probe"}
-        found: set[str] = set()
         manifest_info = updater.get_targetinfo(prefix + "manifest.json")
         if manifest_info is None:
-            raise UpdateRejected(f"the signed metadata has no {prefix}manifest.json")
-        infos = [manifest_info]
-        manifest_bytes = self._fetch(updater, manifest_info, staging / ".manifest.download")
-        (staging / "manifest.json").write_bytes(manifest_bytes)
+            raise ReleaseUnusable(f"the signed metadata has no {prefix}manifest.json")
+        self._check_signed_for(manifest_info, prefix, model, version)
+        self._fetch(updater, manifest_info, staging / "manifest.json")
         try:
             manifest = load_manifest(staging)
         except ModelError as exc:
-            raise UpdateRejected(f"the signed manifest of {model} v{version} is unusable: {exc}") from exc
+            raise ReleaseUnusable(f"the signed manifest of {model} v{version} is unusable: {exc}") from exc
         if manifest.name != model or manifest.version != version:
             said = f"{manifest.name} v{manifest.version}"
-            raise UpdateRejected(f"the manifest says {said}, the signed release {model} v{version}")
+            raise ReleaseUnusable(f"the manifest says {said}, the signed release {model} v{version}")
         artifact = manifest.artifacts.get(self.config.target)
         if artifact is None:
-            raise UpdateRejected(f"{model} v{version} has no {self.config.target} artifact")
+            raise ReleaseUnusable(f"{model} v{version} has no {self.config.target} artifact")
         for name in [artifact.file, *([manifest.probe.file] if manifest.probe else [])]:
             info = updater.get_targetinfo(prefix + name)
             if info is None:
-                raise UpdateRejected(f"the signed metadata has no {prefix}{name}")
-            infos.append(info)
-        for info in infos:
-            custom = info.unrecognized_fields.get("custom", {})
-            if custom.get("model") != model or custom.get("version") != version:
-                raise UpdateRejected(f"{info.path} is signed for {custom.get('model')} v{custom.get('version')}")
-            found.add(custom.get("kind"))
-            name = info.path[len(prefix) :]
-            if not _SAFE_NAME.match(name) or name in (".", ".."):
-                raise UpdateRejected(f"target path {info.path!r} would leave the model directory")
-            if name != "manifest.json":
-                (staging / name).write_bytes(self._fetch(updater, info, staging / f".{name}.download"))
-        if not wanted <= found | ({"probe"} if manifest.probe is None else set()):
-            raise UpdateRejected(f"{model} v{version} lacks {sorted(wanted - found)}")
+                raise ReleaseUnusable(f"the signed metadata has no {prefix}{name}")
+            self._check_signed_for(info, prefix, model, version)
+            self._fetch(updater, info, staging / name)
+        write_fetched(staging, [self.config.target])
+
+    def _check_signed_for(self, info: Any, prefix: str, model: str, version: int) -> None:
+        custom = info.unrecognized_fields.get("custom", {})
+        if custom.get("model") != model or custom.get("version") != version:
+            raise ReleaseUnusable(f"{info.path} is signed for {custom.get('model')} v{custom.get('version')}")
+        name = info.path[len(prefix) :]
+        if not _SAFE_NAME.match(name) or name in (".", ".."):
+            raise ReleaseUnusable(f"target path {info.path!r} would leave the model directory")
 
     def _smoke_test(self, staging: Path, version: int) -> None:
+        """Load the staged model as the runtime will (signature, probe through the live input path)."""
         try:
             model = load_model(staging, self.edge_config)
-        except FedgeError as exc:
+        except ModelError as exc:
             raise SmokeTestFailed(f"v{version} does not load: {type(exc).__name__}: {exc}") from exc
         model.close()
 
-    def _activate(self, installed: Path, version: int) -> UpdateOutcome:
-        self.store.point(installed)
+    def _activate(self, machine: UpdateMachine, installed: Path, version: int) -> Verdict:
+        machine.advance(State.SWAPPING)
+        with map_update_errors():
+            self.store.point(installed)
         if self.runtime is None:
-            self.report("installed", installed_version=version)
-            return UpdateOutcome("installed", version)
+            return machine.committed()
         try:
             model = load_model(installed, self.edge_config)
-        except FedgeError as exc:
-            return self._roll_back(f"v{version} did not load after install: {exc}")
-        calls, errors = self.runtime.local_calls, self.runtime.local_errors
-        self.runtime.swap(model)
-        self.report("installed", installed_version=version)
-        problem = self._watch(model, calls, errors)
-        if problem is not None:
-            return self._roll_back(f"v{version} failed its health window: {problem}")
-        self.report("healthy", installed_version=version)
+            calls, errors = self.runtime.local_calls, self.runtime.local_errors
+            self.runtime.swap(model)
+            self.report("installed", installed_version=version)
+            machine.advance(State.WATCHING)
+            decision = self._watch(machine, model, calls, errors)
+        except Exception as exc:
+            return self._roll_back_after(machine, exc)
+        if decision.action == "roll-back":
+            return self._roll_back(machine, decision.reason, True)
         self.store.prune()
-        return UpdateOutcome("installed", version)
+        return machine.committed()
 
-    def _watch(self, model: LoadedModel, calls: int, errors: int) -> str | None:
-        """Probe the live model through the health window and watch its error rate; the problem, or None."""
-        assert self.runtime is not None
-        pause = self.config.health_window_s / self.config.health_probes
-        for _ in range(self.config.health_probes):
-            try:
-                smoke_test(model)
-            except FedgeError as exc:
-                return f"probe failed: {exc}"
-            time.sleep(pause)
-        new_calls = self.runtime.local_calls - calls
-        new_errors = self.runtime.local_errors - errors
-        if new_calls and new_errors / new_calls > self.config.max_error_rate:
-            return f"{new_errors} of {new_calls} calls failed (more than {self.config.max_error_rate:.0%})"
-        return None
+    def _watch(self, machine: UpdateMachine, model: LoadedModel, calls: int, errors: int) -> Decision:
+        """Probe the live model and read its live-call counters until the machine decides."""
+        runtime = self.runtime
+        assert runtime is not None
+        started, probes = self._clock(), 0
+        while True:
+            elapsed = self._clock() - started
+            problem = None
+            if probes < self._health.probes and elapsed >= self._health.probe_due_s(probes):
+                try:
+                    smoke_test(model)
+                except FedgeError as exc:
+                    problem = str(exc)
+                probes += 1
+            decision = machine.watch(
+                elapsed_s=elapsed,
+                calls=runtime.local_calls - calls,
+                errors=runtime.local_errors - errors,
+                error_run=runtime.local_error_run,
+                probes_done=probes,
+                probe_problem=problem,
+            )
+            if decision.action != "watch":
+                return decision
+            self._sleep(_WATCH_STEP_S)
 
-    def _roll_back(self, reason: str) -> UpdateOutcome:
+    def _roll_back_after(self, machine: UpdateMachine, exc: Exception) -> Verdict:
+        error = _ours(exc)
+        return self._roll_back(machine, f"{type(error).__name__}: {error}", blames_release(error))
+
+    def _roll_back(self, machine: UpdateMachine, reason: str, blame: bool) -> Verdict:
         try:
             previous = self.store.rollback()
         except FileNotFoundError:
             self.report("rollback-impossible", reason=reason)
-            return UpdateOutcome("rejected", self.installed_version, reason)
+            return machine.rolled_back(reason, possible=False, blame_release=blame)
         if self.runtime is not None:
-            self.runtime.swap(load_model(previous, self.edge_config))
-        self.report("rolled-back", reason=reason)
-        return UpdateOutcome("rolled-back", self.installed_version, reason)
+            try:
+                self.runtime.swap(load_model(previous, self.edge_config))
+            except FedgeError as exc:  # the runtime keeps what it serves; the next start loads `current`
+                log.error("the previous version %s does not load: %s", previous, exc)
+        return machine.rolled_back(reason, possible=True, blame_release=blame)
+
+
+def _ours(exc: Exception) -> BaseException:
+    """``exc`` as the Fedge error it stands for (logged with its traceback when nobody expected it)."""
+    mapped = translate(exc)
+    if mapped is None:
+        log.error("update check failed unexpectedly", exc_info=exc)
+    return mapped or exc
 
 
 def open_installed(store: ModelStore, config: EdgeConfig) -> LoadedModel | None:

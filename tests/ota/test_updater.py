@@ -53,9 +53,10 @@ def test_release_installs_swaps_and_reports(device, repo, versions):
     steps = [e["step"] for e in updater.events if e.get("target_version") == 2 or e.get("installed_version") == 2]
     assert steps == ["downloading", "smoke-test", "installing", "installed", "healthy"]
     assert updater.check().outcome == "up-to-date"
-    # Only this device's artifact came down, not every artifact of the release.
+    # Only this device's artifact came down, not every artifact of the release; fetched.json says which.
     files = {p.name for p in updater.store.current().iterdir()}
-    assert files == {"manifest.json", "model-int8.onnx", "probe.npz"}
+    assert files == {"manifest.json", "model-int8.onnx", "probe.npz", "fetched.json"}
+    assert json.loads((updater.store.current() / "fetched.json").read_text()) == {"artifacts": ["onnx-int8"]}
 
 
 def test_release_details_travel_in_signed_metadata(repo, versions):
