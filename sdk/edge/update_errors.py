@@ -6,7 +6,7 @@ tuf DownloadError (HTTP status, slow)  -> RepositoryUnreachable
 tuf RepositoryError (signature, expiry, rollback, hash, length)
                                        -> UpdateRejected
 securesystemslib StorageError          -> DeviceResourceError
-urllib3 HTTPError (ProtocolError: the connection broke mid-download, timeouts, refused)
+urllib3 errors (ProtocolError: the connection broke mid-download, timeouts, refused, bad proxy)
                                        -> RepositoryUnreachable
 ConnectionError, TimeoutError          -> RepositoryUnreachable
 OSError ENOSPC / EDQUOT                -> DeviceResourceError     the disk is full
@@ -39,14 +39,14 @@ def translate(exc: BaseException) -> FedgeError | None:
     from tuf.api import exceptions as tuf_errors
     from urllib3.exceptions import HTTPError as Urllib3Error
 
-    text = f"{type(exc).__name__}: {exc}"
+    text = _describe(exc)
     if isinstance(exc, tuf_errors.DownloadLengthMismatchError):
         return UpdateRejected(f"the repository sent more than the signed length: {text}")
     if isinstance(exc, tuf_errors.DownloadError):
         return RepositoryUnreachable(f"download failed: {text}")
     if isinstance(exc, tuf_errors.RepositoryError):
         return UpdateRejected(f"signed metadata refused: {text}")
-    if isinstance(exc, (Urllib3Error, ConnectionError, TimeoutError)):
+    if isinstance(exc, (Urllib3Error, ConnectionError, TimeoutError)) or type(exc).__module__.startswith("urllib3"):
         return RepositoryUnreachable(f"the connection to the repository failed: {text}")
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
         return DeviceResourceError(f"the disk is full: {text}")
@@ -55,6 +55,13 @@ def translate(exc: BaseException) -> FedgeError | None:
     if isinstance(exc, MemoryError):
         return DeviceResourceError(f"out of memory: {text}")
     return None
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # a half-built foreign exception whose __str__ fails must not hide the real failure
+        return type(exc).__name__
 
 
 @contextlib.contextmanager

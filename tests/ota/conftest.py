@@ -59,11 +59,11 @@ def device(tmp_path, repo, server):
     """``device("pi-1")`` -> an updater for a fresh device with its own store, provisioned with root v1."""
     events: list[dict] = []
 
-    def make(device_id: str = "pi-1", **kwargs) -> ModelUpdater:
+    def make(device_id: str = "pi-1", *, update: dict | None = None, **kwargs) -> ModelUpdater:
+        """``update`` overrides fields of the ``[update]`` config; the rest goes to ``ModelUpdater``."""
         store = ModelStore(tmp_path / "devices" / device_id)
-        config = UpdateConfig(
-            model="digits", device_id=device_id, repository_url=f"{server.url}/tuf", health_window_s=0.2
-        )
+        fields = {"repository_url": f"{server.url}/tuf", "health_window_s": 0.2, **(update or {})}
+        config = UpdateConfig(model="digits", device_id=device_id, **fields)
         updater = ModelUpdater(store, config, repo.root_bytes(1), reporter=events.append, **kwargs)
         updater.events = events
         return updater

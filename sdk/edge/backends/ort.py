@@ -11,7 +11,7 @@ import numpy as np
 from sdk.edge.backends.base import Backend, Signature
 from sdk.errors import BackendError, BackendUnavailable, EngineLoadFailed, ModelIntegrityError
 
-__all__ = ["PROVIDER_ALIASES", "OnnxRuntimeBackend", "available_providers", "resolve_providers"]
+__all__ = ["PROVIDER_ALIASES", "OnnxRuntimeBackend", "available_providers", "load_error", "resolve_providers"]
 
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -24,6 +24,13 @@ PROVIDER_ALIASES = {
 _ENGINE_FAULTS = ("EPFail", "EngineError", "DeviceReset")
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 _ONNX_DTYPES |= {f"tensor({t})": t for t in ("int8", "uint8", "int32", "int64")}
+
+
+def load_error(exc: Exception, file: str) -> ModelIntegrityError | EngineLoadFailed:
+    """What an ONNX Runtime load failure means: a bad file, or an engine that cannot load it on this machine."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ in _ENGINE_FAULTS:
+        return EngineLoadFailed(f"onnxruntime cannot load {file} here: {type(exc).__name__}: {exc}")
+    return ModelIntegrityError(f"onnxruntime cannot load {file}: {exc}")
 
 
 def _sample_shape(shape: Sequence[object]) -> tuple[int | None, ...]:
@@ -91,9 +98,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self._session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=provider_args)
         except Exception as exc:  # ORT raises its own pybind classes for every load failure
-            if isinstance(exc, MemoryError) or type(exc).__name__ in _ENGINE_FAULTS:
-                raise EngineLoadFailed(f"onnxruntime cannot load {Path(path).name} here: {exc}") from exc
-            raise ModelIntegrityError(f"onnxruntime cannot load {Path(path).name}: {exc}") from exc
+            raise load_error(exc, Path(path).name) from exc
         self.devices = tuple(self._session.get_providers())
         self.num_threads = self._session.get_session_options().intra_op_num_threads
         self._input_name = self._session.get_inputs()[0].name
