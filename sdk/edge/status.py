@@ -62,10 +62,8 @@ class DeviceLink:
         self.notice_topic = topics.release(model)
         self.notices = 0
         self.on_notice = on_notice
-        self.checks: CheckWorker | None = None
-        if on_notice is not None:
-            name = f"fedge-checks-{device_id}"
-            self.checks = CheckWorker(on_notice, name=name, schedule=schedule, retry_if=retry_if)
+        name = f"fedge-checks-{device_id}"
+        self.checks = CheckWorker(self._check, name=name, schedule=schedule, retry_if=retry_if)
         self._status_lock = threading.Lock()
         self._last_status: bytes | None = None
         self._stopped = False
@@ -77,7 +75,7 @@ class DeviceLink:
     @property
     def errors(self) -> int:
         """How many checks raised (each was logged, and the worker went on)."""
-        return self.checks.errors if self.checks is not None else 0
+        return self.checks.errors
 
     def start(self, *, wait: bool = False) -> DeviceLink:
         """Connect in the background (reconnecting by itself) and start the check worker; never blocks by default.
@@ -85,8 +83,7 @@ class DeviceLink:
         Raises:
             CloudUnavailable: only with ``wait``, when the broker does not accept in time.
         """
-        if self.checks is not None:
-            self.checks.start()
+        self.checks.start()
         connect(self._client, self.settings, wait=wait)
         return self
 
@@ -96,8 +93,7 @@ class DeviceLink:
 
     def stop(self) -> None:
         """Publish the retained ``offline`` status, disconnect cleanly (no Last Will) and stop the worker."""
-        if self.checks is not None:
-            self.checks.stop(timeout_s=0)  # an install under way is atomic: it may be cut off
+        self.checks.stop(timeout_s=0)  # an install under way is atomic: it may be cut off
         offline = {"device_id": self.device_id, "model": self.model, "state": "offline", "step": "stopped"}
         info = self._publish_status({**offline, "time": time.time()}, final=True)
         if info is not None:
@@ -124,6 +120,9 @@ class DeviceLink:
                 return None
             return self._client.publish(self.status_topic, payload, qos=1, retain=True)
 
+    def _check(self) -> Any:
+        return self.on_notice() if self.on_notice is not None else None
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         try:
             if reason.is_failure:
@@ -139,8 +138,7 @@ class DeviceLink:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.notices += 1
-        if self.checks is not None:
-            self.checks.poke()  # the worker coalesces a burst of notices into one check per interval
+        self.checks.poke()  # the worker coalesces a burst of notices into one check per interval
 
     def __enter__(self) -> DeviceLink:
         return self.start()
