@@ -8,10 +8,10 @@ import signal
 import subprocess
 import textwrap
 import threading
-import time
 
 import pytest
 from extras import DEVICE_PYTHON
+from peers import publish
 from waiting import PATIENCE_S, poll
 
 from sdk import topics
@@ -23,11 +23,7 @@ from sdk.mqtt import MqttSettings, connect, make_client
 
 
 def publish_retained(settings, topic, payload):
-    client = make_client(settings, f"pub-{time.monotonic_ns()}")
-    connect(client, settings)
-    client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
-    client.disconnect()
-    client.loop_stop()
+    publish(settings, topic, [payload], retain=True)
 
 
 def test_a_notice_triggers_a_check_and_status_is_reported(broker, device, repo, versions):
