@@ -54,6 +54,7 @@ def run(
     from sdk.edge import EdgeConfig, EdgeRuntime
     from sdk.edge.background import Backoff, CheckSchedule
     from sdk.edge.cloud_client import CloudClient
+    from sdk.edge.config import LOG_LEVELS
     from sdk.edge.install import ModelStore
     from sdk.edge.status import DeviceLink
     from sdk.edge.updater import ModelUpdater, UpdateConfig, open_installed
@@ -62,6 +63,8 @@ def run(
 
     edge = EdgeConfig.load(config)
     if log_level is not None:
+        if log_level.upper() not in LOG_LEVELS:
+            raise typer.BadParameter(f"expected one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
         edge = dataclasses.replace(edge, log_level=log_level.upper())
     configure_logging(edge.log_level)
     mqtt = MqttSettings.load(config)
