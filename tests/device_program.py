@@ -1,20 +1,35 @@
-"""The device program as tests start it: its ``fedge.toml`` and its ``fedge edge run`` command line."""
+"""The device program as tests start it: its files (``fedge.toml``, ``root.json``, samples) and its command line."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from extras import DEVICE_PYTHON
 
-__all__ = ["edge_run_command", "write_device_config"]
+__all__ = ["edge_run_command"]
 
 
-def write_device_config(
-    path: Path, *, broker: str, repository_url: str, device_id: str, edge: str = "", update: str = ""
-) -> Path:
-    """A ``fedge.toml`` for ``device_id`` (int8 ONNX, model ``digits``); ``edge`` and ``update`` add lines to tables."""
+def edge_run_command(
+    folder: Path,
+    *,
+    device_id: str,
+    broker: str,
+    repository_url: str,
+    root: bytes,
+    samples: np.ndarray,
+    state_dir: Path,
+    edge: str = "",
+    update: str = "",
+) -> list[str]:
+    """Write the device's files into ``folder``; ``fedge edge run`` for them, in the device's Python.
+
+    The config asks for int8 ONNX of model ``digits``; ``edge`` and ``update`` add lines to those tables.
+    The command runs the worktree's ``sdk`` (``-m sdk.cli``), not an installed console script.
+    """
     host, port = broker.rsplit(":", 1)
-    path.write_text(
+    config = folder / "fedge.toml"
+    config.write_text(
         f"""
 [edge]
 artifacts = ["onnx-int8"]
@@ -34,10 +49,7 @@ target = "onnx-int8"
 {update}
 """
     )
-    return path
-
-
-def edge_run_command(config: Path, state_dir: Path, root: Path, samples: Path, *options: str) -> list[str]:
-    """``fedge edge run`` in the device's Python (the worktree's ``sdk``, not an installed console script)."""
-    command = [DEVICE_PYTHON, "-m", "sdk.cli", "edge", "run", "-c", str(config)]
-    return [*command, "--state-dir", str(state_dir), "--root-metadata", str(root), "--samples", str(samples), *options]
+    (folder / "root.json").write_bytes(root)
+    np.save(folder / "samples.npy", samples)
+    command = [DEVICE_PYTHON, "-m", "sdk.cli", "edge", "run", "-c", str(config), "--state-dir", str(state_dir)]
+    return [*command, "--root-metadata", str(folder / "root.json"), "--samples", str(folder / "samples.npy")]

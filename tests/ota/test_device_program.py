@@ -6,14 +6,14 @@ in the background, and a clean stop leaves its retained status, and the fleet vi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 
-import numpy as np
 import pytest
-from device_program import edge_run_command, write_device_config
+from device_program import edge_run_command
 from peers import publish, subscribed_client
 from waiting import PATIENCE_S, poll
 
@@ -27,27 +27,28 @@ from sdk.mqtt import MqttSettings
 SECRET = "mqtt-password-never-logged"
 
 
+@pytest.fixture
+def edge_run(tmp_path, repo, digits_split):
+    """``edge_run(device_id=..., broker=..., repository_url=...)``: a device provisioned with root v1 and 3 samples."""
+    samples = digits_split.x_test[:3]
+    return functools.partial(
+        edge_run_command, tmp_path, root=repo.root_bytes(1), samples=samples, state_dir=tmp_path / "state"
+    )
+
+
 @pytest.mark.device_subprocess
 @pytest.mark.parametrize("installed", [pytest.param(True, id="installed-model"), pytest.param(False, id="no-model")])
-def test_edge_run_serves_with_the_broker_and_the_repository_down(
-    tmp_path, broker, device, repo, versions, digits_split, installed
-):
-    state_dir, root = tmp_path / "state", tmp_path / "root.json"
-    root.write_bytes(repo.root_bytes(1))
+def test_edge_run_serves_with_the_broker_and_the_repository_down(broker, device, repo, versions, edge_run, installed):
+    options = {}
     if installed:
         repo.release(versions(1))
         updater = device("pi-down")
         assert updater.check().outcome == "installed"
-        state_dir = updater.store.root
+        options["state_dir"] = updater.store.root
     broker.stop()  # nobody answers on the broker's port, nor on the repository's
-    np.save(tmp_path / "samples.npy", digits_split.x_test[:3])
-    config = write_device_config(
-        tmp_path / "fedge.toml",
-        broker=broker.address,
-        repository_url=f"http://127.0.0.1:{free_port()}/tuf",
-        device_id="pi-down",
-    )
-    command = edge_run_command(config, state_dir, root, tmp_path / "samples.npy", "--count", "3", "--interval", "0.1")
+    dead_repository = f"http://127.0.0.1:{free_port()}/tuf"
+    command = edge_run(device_id="pi-down", broker=broker.address, repository_url=dead_repository, **options)
+    command += ["--count", "3", "--interval", "0.1"]
     env = {**os.environ, "FEDGE_MQTT__USERNAME": "pi-down", "FEDGE_MQTT__PASSWORD": SECRET}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
@@ -66,27 +67,23 @@ def test_edge_run_serves_with_the_broker_and_the_repository_down(
 
 @pytest.mark.device_subprocess
 def test_edge_run_connects_later_installs_and_a_clean_stop_leaves_it_offline(
-    tmp_path, broker, server, repo, versions, digits_split
+    tmp_path, broker, server, repo, versions, edge_run
 ):
     settings = MqttSettings.from_address(broker.address)
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "store", repo)
     repo.release(versions(1))
     broker.stop()  # the device starts while the broker is down
-    root = tmp_path / "root.json"
-    root.write_bytes(repo.root_bytes(1))
-    np.save(tmp_path / "samples.npy", digits_split.x_test[:3])
-    config = write_device_config(
-        tmp_path / "fedge.toml",
+    command = edge_run(
+        device_id="pi-late",
         broker=broker.address,
         repository_url=f"{server.url}/tuf",
-        device_id="pi-late",
         edge="min_check_interval_s = 0",
         update="health_window_s = 0.2",
     )
-    command = edge_run_command(config, tmp_path / "state", root, tmp_path / "samples.npy", "--interval", "0.2")
+    command += ["--interval", "0.2", "--log-level", "debug"]
     out = tmp_path / "device.out"
     with open(out, "w") as sink:
-        proc = subprocess.Popen([*command, "--log-level", "debug"], stdout=sink, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True)
     statuses: list[dict] = []
     try:
 
