@@ -157,7 +157,8 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
                     done.release()
 
             link.on_notice = on_notice
-            stack.enter_context(link)
+            link.start(wait=True)  # connected before the clock starts: the release is timed, not the connects
+            stack.callback(link.stop)
         step("releasing over HTTP; waiting for every device to report the new version")
         started = time.perf_counter()
         response = httpx.post(

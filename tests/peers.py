@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from waiting import PATIENCE_S
 
 from sdk.mqtt import MqttSettings, connect, make_client
 
-__all__ = ["subscribed_client"]
+__all__ = ["publish", "subscribed_client"]
 
 
 def subscribed_client(
@@ -27,3 +28,14 @@ def subscribed_client(
     connect(client, settings)
     assert subscribed.wait(PATIENCE_S), f"the broker did not confirm the subscription to {topic}"
     return client
+
+
+def publish(settings: MqttSettings, topic: str, payloads: list[bytes], *, retain: bool = False) -> None:
+    """Publish ``payloads`` to ``topic`` at QoS 1 from a fresh client, and return once the broker has them all."""
+    client = make_client(settings, f"pub-{time.monotonic_ns()}")
+    connect(client, settings)
+    infos = [client.publish(topic, payload, qos=1, retain=retain) for payload in payloads]
+    for info in infos:
+        info.wait_for_publish(PATIENCE_S)
+    client.disconnect()
+    client.loop_stop()

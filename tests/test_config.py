@@ -48,6 +48,8 @@ def test_list_from_env():
         pytest.param("[edge]\nartifacts = ['onnx']\n", {}, "edge.artifacts", "unknown kind", id="artifact-kind"),
         pytest.param("", {"FEDGE_EDGE__NUM_THREADS": "x"}, "edge.num_threads", "expected int", id="env-type"),
         pytest.param("", {"FEDGE_EDGE__SMOKE_TEST": "maybe"}, "edge.smoke_test", "boolean", id="env-bool"),
+        pytest.param("", {"FEDGE_EDGE__LOG_LEVEL": "chatty"}, "edge.log_level", "'INFO'", id="log-level"),
+        pytest.param("[edge]\nmin_check_interval_s = -1\n", {}, "edge.min_check_interval_s", "0..86400", id="gap"),
         pytest.param("edge = 3\n", {}, "edge", "expected a table", id="not-a-table"),
     ],
 )

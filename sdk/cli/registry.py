@@ -103,7 +103,7 @@ def _show(data: Any, as_json: bool, columns: tuple[str, ...]) -> None:
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*(str(row.get(col, "")) for col in columns))
+        table.add_row(*("" if row.get(col) is None else str(row[col]) for col in columns))
     console.print(table)
 
 
@@ -165,10 +165,20 @@ def set_release(
 
 
 @registry_app.command()
-def fleet(url: UrlOpt = "http://127.0.0.1:8000", as_json: JsonOpt = False) -> None:
-    """Every device: model, running version, status, last update step, last seen."""
-    data = _call("GET", f"{url}/v1/registry/fleet", admin=False)
-    _show(data, as_json, ("device_id", "model", "running_version", "status", "last_step", "last_seen"))
+def fleet(
+    stale_after: Annotated[
+        float | None,
+        typer.Option(min=1, help="Seconds of silence after which a device not offline shows as stale (3 x 900)."),
+    ] = None,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    as_json: JsonOpt = False,
+) -> None:
+    """Every device: model, running version, state (online, offline, stale), last step, last refusal, last seen."""
+    params = {"stale_after_s": stale_after} if stale_after is not None else {}
+    data = _call("GET", f"{url}/v1/registry/fleet", admin=False, params=params)
+    if not as_json:
+        data = [{**d, "state": "stale" if d.get("stale") else d.get("status")} for d in data]
+    _show(data, as_json, ("device_id", "model", "running_version", "state", "last_step", "last_refusal", "last_seen"))
 
 
 def register(app: typer.Typer) -> None:

@@ -24,11 +24,23 @@ from sdk.cloud.repository import ReleaseRepository, ReleaseState
 from sdk.errors import Conflict, NotFound
 from sdk.manifest import load_manifest, verify_files
 
-__all__ = ["Registry"]
+__all__ = ["REFUSALS", "STALE_AFTER_S", "Registry"]
+
+
+#: A device that is not offline and has said nothing for this long is shown as stale (3 default check intervals).
+STALE_AFTER_S = 3 * 900.0
+
+#: Status steps that refuse a release; their ``reason`` stays in the fleet view until the next refusal.
+REFUSALS = ("rejected", "rolled-back", "rollback-impossible")
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """``value`` in UTC with its offset; SQLite hands back naive datetimes, which we stored in UTC."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -246,11 +258,15 @@ class Registry:
                 query = query.where(ModelRow.name == model)
             return [_release_dict(r) for r in session.scalars(query).all()]
 
-    def record_status(self, event: dict[str, Any]) -> None:
-        """Store a device's status report (from ``fedge/v1/devices/<id>/status``)."""
+    def record_status(self, event: dict[str, Any], *, at: dt.datetime | None = None) -> None:
+        """Store a device's status report (from ``fedge/v1/devices/<id>/status``), received ``at`` (default now).
+
+        The reason of the last refusal (a rejected or rolled-back release) is kept until the next one.
+        """
         device_id = str(event.get("device_id", ""))[:64]
         if not device_id:
             return
+        received = _utc(at) if at is not None else _now()
         with self._session.begin() as session:
             row = session.get(DeviceRow, device_id) or DeviceRow(id=device_id)
             row.model = event.get("model", row.model)
@@ -259,25 +275,37 @@ class Registry:
             row.running_version = int(version) if isinstance(version, int) else row.running_version
             row.status = str(event.get("state", "online"))[:32]
             row.last_step = str(event.get("step", ""))[:64] or row.last_step
-            row.detail = {k: v for k, v in event.items() if k in ("reason", "target_version")}
-            row.last_seen = _now()
+            refusal = (row.detail or {}).get("last_refusal")
+            if event.get("step") in REFUSALS:
+                reason = str(event.get("reason", ""))[:500]
+                refusal = {"step": event["step"], "reason": reason, "at": received.isoformat()}
+            detail = {k: v for k, v in event.items() if k in ("reason", "target_version")}
+            row.detail = {**detail, **({"last_refusal": refusal} if refusal else {})}
+            row.last_seen = received
             session.merge(row)
 
-    def fleet(self) -> list[dict[str, Any]]:
-        """Every device's last report."""
+    def fleet(self, *, stale_after_s: float = STALE_AFTER_S, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+        """Every device's last report; ``stale`` when one that is not offline has said nothing for ``stale_after_s``."""
+        now = _utc(now) if now is not None else _now()
         with self._session() as session:
-            return [
-                {
-                    "device_id": d.id,
-                    "model": d.model,
-                    "running_version": d.running_version,
-                    "status": d.status,
-                    "last_step": d.last_step,
-                    "detail": d.detail,
-                    "last_seen": d.last_seen.isoformat(),
-                }
-                for d in session.scalars(select(DeviceRow).order_by(DeviceRow.id)).all()
-            ]
+            out = []
+            for d in session.scalars(select(DeviceRow).order_by(DeviceRow.id)).all():
+                seen = _utc(d.last_seen)
+                refusal = (d.detail or {}).get("last_refusal") or {}
+                out.append(
+                    {
+                        "device_id": d.id,
+                        "model": d.model,
+                        "running_version": d.running_version,
+                        "status": d.status,
+                        "stale": d.status != "offline" and (now - seen).total_seconds() > stale_after_s,
+                        "last_step": d.last_step,
+                        "last_refusal": refusal.get("reason"),
+                        "detail": d.detail,
+                        "last_seen": seen.isoformat(),
+                    }
+                )
+            return out
 
 
 def _version_dict(row: VersionRow) -> dict[str, Any]:

@@ -12,7 +12,9 @@ from sdk.config import check, load_section
 from sdk.edge.fallback import MODES, Mode
 from sdk.manifest import ARTIFACT_KINDS
 
-__all__ = ["EdgeConfig"]
+__all__ = ["LOG_LEVELS", "EdgeConfig"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +30,10 @@ class EdgeConfig:
     one; ``deadline_ms`` bounds every call that involves the cloud; ``cache_size`` > 0
     turns on the LRU result cache; ``model_name`` is what the cloud is asked for when
     there is no local model (else the manifest's name).
+
+    For the device program (``fedge edge run``): ``log_level`` of its log lines on stderr (the
+    journal), and ``min_check_interval_s``, the least time between two update checks however
+    many release notices arrive (stretched by up to 20 % at random).
     """
 
     artifacts: tuple[str, ...] = ("onnx-int8", "onnx-fp32", "tflite")
@@ -44,6 +50,8 @@ class EdgeConfig:
     deadline_ms: float = 500.0
     cache_size: int = 0
     model_name: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    min_check_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         check(bool(self.artifacts), "artifacts", "needs at least one artifact kind")
@@ -66,6 +74,16 @@ class EdgeConfig:
         )
         check(0 < self.deadline_ms <= 600_000, "deadline_ms", f"must be within (0, 600000], got {self.deadline_ms}")
         check(0 <= self.cache_size <= 1_000_000, "cache_size", f"must be within 0..1000000, got {self.cache_size}")
+        check(
+            self.log_level in LOG_LEVELS,
+            "log_level",
+            f"expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}",
+        )
+        check(
+            0 <= self.min_check_interval_s <= 86_400,
+            "min_check_interval_s",
+            f"must be within 0..86400, got {self.min_check_interval_s}",
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> EdgeConfig:

@@ -3,13 +3,18 @@
 A notice on ``fedge/v1/releases/<model>`` (retained, so a device that was offline sees the
 latest one when it connects) only says "new signed metadata may be there": the listener
 calls back, the updater checks the signed metadata, and a forged notice installs nothing.
-Status reports go to ``fedge/v1/devices/<id>/status`` (retained); the broker publishes the
-Last Will, ``{"state": "offline"}``, when the device drops off.
+Status reports go to ``fedge/v1/devices/<id>/status`` (retained). The link starts without
+waiting for the broker (paho keeps reconnecting in the background); the latest status is
+published again on every connect. A clean stop publishes ``{"state": "offline"}`` before it
+disconnects; the broker publishes the same Last Will when the device drops off.
+Checks run in a :class:`~sdk.edge.background.CheckWorker`: coalesced, rate-limited, and
+never ended by what they raise.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,9 +24,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from sdk import topics
+from sdk.edge.background import CheckSchedule, CheckWorker
 from sdk.mqtt import MqttSettings, connect, make_client
 
 __all__ = ["DeviceLink", "notice_payload"]
+
+log = logging.getLogger("fedge.edge.status")
 
 
 def notice_payload(model: str, version: int) -> bytes:
@@ -30,10 +38,21 @@ def notice_payload(model: str, version: int) -> bytes:
 
 
 class DeviceLink:
-    """One MQTT connection per device for notices and status; ``on_notice`` runs in a worker thread."""
+    """One MQTT connection per device for notices and status; ``on_notice`` (the check) runs in a worker thread.
+
+    ``schedule`` says when else the check runs (at start, on a timer) and how close two checks
+    may be; ``retry_if(result)`` marks a check result as a failure to retry with backoff.
+    """
 
     def __init__(
-        self, settings: MqttSettings, device_id: str, model: str, on_notice: Callable[[], Any] | None = None
+        self,
+        settings: MqttSettings,
+        device_id: str,
+        model: str,
+        on_notice: Callable[[], Any] | None = None,
+        *,
+        schedule: CheckSchedule | None = None,
+        retry_if: Callable[[Any], bool] | None = None,
     ) -> None:
         """Prepare the connection; :meth:`start` connects."""
         self.device_id = device_id
@@ -43,47 +62,83 @@ class DeviceLink:
         self.notice_topic = topics.release(model)
         self.notices = 0
         self.on_notice = on_notice
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        name = f"fedge-checks-{device_id}"
+        self.checks = CheckWorker(self._check, name=name, schedule=schedule, retry_if=retry_if)
+        self._status_lock = threading.Lock()
+        self._last_status: bytes | None = None
+        self._stopped = False
         will = json.dumps({"device_id": device_id, "state": "offline"}).encode()
         self._client = make_client(settings, f"{device_id}-ota", will=(self.status_topic, will))
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
-        self._worker = threading.Thread(target=self._run, name=f"fedge-notices-{device_id}", daemon=True)
 
-    def start(self, *, wait: bool = True) -> DeviceLink:
-        """Connect (reconnecting by itself) and start handling notices."""
+    @property
+    def errors(self) -> int:
+        """How many checks raised (each was logged, and the worker went on)."""
+        return self.checks.errors
+
+    def start(self, *, wait: bool = False) -> DeviceLink:
+        """Connect in the background (reconnecting by itself) and start the check worker; never blocks by default.
+
+        Raises:
+            CloudUnavailable: only with ``wait``, when the broker does not accept in time.
+        """
+        self.checks.start()
         connect(self._client, self.settings, wait=wait)
-        self._worker.start()
         return self
 
     def report(self, event: dict[str, Any]) -> None:
-        """Publish a status event (retained: the fleet view shows the latest one)."""
-        body = {"state": "online", **event}
-        self._client.publish(self.status_topic, json.dumps(body, default=str).encode(), qos=1, retain=True)
+        """Publish a status event (retained: the fleet view shows the latest one); kept for the next connect."""
+        self._publish_status({"state": "online", **event})
 
     def stop(self) -> None:
-        """Disconnect cleanly (the Last Will is not sent) and stop the worker."""
-        self._stop.set()
-        self._wake.set()
+        """Publish the retained ``offline`` status, disconnect cleanly (no Last Will) and stop the worker."""
+        self.checks.stop(timeout_s=0)  # an install under way is atomic: it may be cut off
+        offline = {"device_id": self.device_id, "model": self.model, "state": "offline", "step": "stopped"}
+        info = self._publish_status({**offline, "time": time.time()}, final=True)
+        if info is not None:
+            try:
+                info.wait_for_publish(self.settings.connect_timeout_s)
+            except (RuntimeError, ValueError) as exc:  # the connection went while we waited
+                log.warning("the offline status was not delivered: %s", exc)
         self._client.disconnect()
         self._client.loop_stop()
 
+    def _publish_status(self, body: dict[str, Any], *, final: bool = False) -> mqtt.MQTTMessageInfo | None:
+        """Remember ``body`` as the latest status and publish it when connected (paho would queue it unbounded).
+
+        After the ``final`` (offline) status nothing else is published: a check still running
+        must not mark a stopped device online again.
+        """
+        payload = json.dumps(body, default=str).encode()
+        with self._status_lock:
+            if self._stopped:
+                return None
+            self._stopped = final
+            self._last_status = payload
+            if not self._client.is_connected():
+                return None
+            return self._client.publish(self.status_topic, payload, qos=1, retain=True)
+
+    def _check(self) -> Any:
+        return self.on_notice() if self.on_notice is not None else None
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not reason.is_failure:
+        try:
+            if reason.is_failure:
+                log.warning("the broker refused %s: %s", self.device_id, reason)
+                return
+            log.info("connected to the broker at %s:%s", self.settings.host, self.settings.port)
             client.subscribe(self.notice_topic, qos=1)
+            with self._status_lock:
+                if self._last_status is not None:
+                    client.publish(self.status_topic, self._last_status, qos=1, retain=True)
+        except Exception:  # paho's network thread dies on an exception from a callback
+            log.exception("on_connect failed")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.notices += 1
-        self._wake.set()  # coalesces a burst of notices into one check
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            if self._stop.is_set() or self.on_notice is None:
-                continue
-            self.on_notice()
+        self.checks.poke()  # the worker coalesces a burst of notices into one check per interval
 
     def __enter__(self) -> DeviceLink:
         return self.start()

@@ -25,7 +25,8 @@ def test_device_side_modules_import_no_heavy_framework():
     # The device program (`fedge edge run` lives in sdk.cli) and the modules it pulls in; under Python 3.10 this
     # is also the check that each of them imports there.
     modules = (
-        "sdk.edge.cloud_client sdk.edge.updater sdk.edge.status sdk.edge.install sdk.edge.calibration"
+        "sdk.edge.cloud_client sdk.edge.updater sdk.edge.status sdk.edge.background sdk.edge.install"
+        " sdk.edge.calibration"
         " sdk.config sdk.mqtt sdk.wire sdk.manifest sdk.cli sdk.cli.device"
     )
     code = (

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import textwrap
 import threading
-import time
 
 import pytest
 from extras import DEVICE_PYTHON
+from peers import publish
 from waiting import PATIENCE_S, poll
 
 from sdk import topics
 from sdk.edge import EdgeConfig
+from sdk.edge.background import Backoff, CheckSchedule
 from sdk.edge.install import ModelStore
 from sdk.edge.status import DeviceLink, notice_payload
 from sdk.edge.updater import open_installed
@@ -23,11 +25,7 @@ from sdk.mqtt import MqttSettings, connect, make_client
 
 
 def publish_retained(settings, topic, payload):
-    client = make_client(settings, f"pub-{time.monotonic_ns()}")
-    connect(client, settings)
-    client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
-    client.disconnect()
-    client.loop_stop()
+    publish(settings, topic, [payload], retain=True)
 
 
 def test_a_notice_triggers_a_check_and_status_is_reported(broker, device, repo, versions):
@@ -67,6 +65,53 @@ def test_a_forged_notice_alone_installs_nothing(broker, device, repo):
     assert updater.installed_version is None
 
 
+def test_a_flood_of_notices_causes_one_check_per_interval(broker, device):
+    settings = MqttSettings.from_address(broker.address)
+    updater = device("pi-flood")
+    # The real updater checks the real repository; a second check would wait an hour, far past this test.
+    # (With no minimum interval the same flood causes several checks: 6 were seen here.)
+    schedule = CheckSchedule(min_interval_s=3600)
+    with DeviceLink(settings, "pi-flood", "digits", updater.check, schedule=schedule) as link:
+        publish_retained(settings, topics.release("digits"), notice_payload("digits", 99))
+        poll(lambda: link.notices >= 1, "the first notice (the device is subscribed)")
+        forged = [notice_payload("digits", 100 + i) for i in range(999)]
+        publish(settings, topics.release("digits"), forged)
+        poll(lambda: link.notices == 1000, "all 1,000 notices")
+        poll(lambda: any(e["step"] == "up-to-date" for e in updater.events), "the first check's outcome")
+        checks = [e for e in updater.events if e["step"] == "checking"]
+    assert len(checks) == 1, f"{len(checks)} checks for 1,000 notices"
+    assert link.checks.runs == 1
+    assert updater.installed_version is None
+
+
+def test_a_check_that_raises_is_logged_counted_and_the_worker_goes_on(broker, caplog):
+    settings = MqttSettings.from_address(broker.address)
+    calls: list[int] = []
+
+    def full_disk_once() -> str:
+        # Fault injection: a disk that fills up during the first check, which the real updater cannot do on demand.
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return "up-to-date"
+
+    # No retry before the next notice: the second check can only be the notice's.
+    schedule = CheckSchedule(min_interval_s=0, backoff=Backoff(base_s=3600, max_s=3600))
+    with (
+        caplog.at_level(logging.ERROR, logger="fedge.edge.background"),
+        DeviceLink(settings, "pi-fault", "digits", full_disk_once, schedule=schedule) as link,
+    ):
+        publish_retained(settings, topics.release("digits"), notice_payload("digits", 1))
+        poll(lambda: link.errors == 1, "the failed check counted")
+        publish(settings, topics.release("digits"), [notice_payload("digits", 2)])
+        poll(lambda: len(calls) == 2, "a check on the next notice")
+    assert link.errors == 1
+    assert link.checks.runs == 2
+    (record,) = [r for r in caplog.records if r.name == "fedge.edge.background"]
+    assert "OSError" in record.getMessage()
+    assert "No space left on device" in record.getMessage()
+
+
 @pytest.mark.device_subprocess
 def test_last_will_marks_a_vanished_device_offline(broker):
     settings = MqttSettings.from_address(broker.address, keepalive_s=5)
@@ -96,6 +141,7 @@ def test_last_will_marks_a_vanished_device_offline(broker):
 
 KILL_SCRIPT = """
 import os, signal, sys
+from sdk.edge.background import Backoff, CheckSchedule
 from sdk.edge.install import ModelStore
 from sdk.edge.updater import ModelUpdater, UpdateConfig
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import uuid
@@ -90,3 +91,32 @@ def test_versions_releases_and_fleet(registry, versions, device):
     with pytest.raises(Conflict):
         registry.update_release("digits", 2, state="active")
     assert [r["state"] for r in registry.releases("digits")] == ["aborted", "active"]
+
+
+def test_fleet_shows_the_last_refusal_offline_and_stale_devices(registry, device, repo, versions):
+    repo.release(versions(1))
+    updater = device("pi-r2")
+    updater.reporter = registry.record_status
+    assert updater.check().outcome == "installed"
+    repo.release(versions(2))
+    (stored,) = (repo.targets_dir / "digits" / "2").glob("*.model-int8.onnx")
+    stored.write_bytes(stored.read_bytes()[:-10])  # a truncated artifact: a real refusal
+    assert updater.check().outcome == "rejected"
+    registry.record_status({"device_id": "pi-r2", "state": "offline", "step": "stopped"})  # a clean stop
+    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    registry.record_status({"device_id": "pi-quiet", "step": "healthy", "installed_version": 1}, at=long_ago)
+
+    fleet = {d["device_id"]: d for d in registry.fleet()}
+    stopped, quiet = fleet["pi-r2"], fleet["pi-quiet"]
+    assert stopped["status"] == "offline"
+    assert "UpdateRejected" in stopped["last_refusal"]  # kept after later reports
+    assert stopped["stale"] is False  # offline is what it said, not silence
+    assert quiet["status"] == "online"
+    assert quiet["stale"] is True  # silent for more than 3 check intervals
+    assert quiet["last_refusal"] is None
+    assert not any(d["stale"] for d in registry.fleet(stale_after_s=3 * 3600))
+    for entry in (stopped, quiet):
+        assert dt.datetime.fromisoformat(entry["last_seen"]).utcoffset() == dt.timedelta(0)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    registry.record_status({"device_id": "pi-r2", "step": "checking"})
+    assert all(d["stale"] for d in registry.fleet(now=later))  # pi-r2 is online again, then silent

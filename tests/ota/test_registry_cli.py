@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -112,3 +113,34 @@ def test_root_rotation_from_the_command_line_is_followed_by_devices(tmp_path, ve
         updater = ModelUpdater(ModelStore(tmp_path / "device"), config, root_v1)
         assert updater.check().outcome == "installed"
         assert updater.installed_version == 2
+
+
+def test_registry_fleet_table_shows_state_staleness_and_the_refusal(tmp_path, repo):
+    from sdk.cloud.app import create_app
+    from sdk.cloud.config import CloudConfig
+    from sdk.cloud.registry import Registry
+    from sdk.cloud.server import BackgroundServer
+
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "store", repo)
+    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    registry.record_status({"device_id": "pi-quiet", "step": "healthy", "installed_version": 1}, at=long_ago)
+    registry.record_status({"device_id": "pi-refused", "step": "rejected", "reason": "UpdateRejected: bad hash"})
+    registry.record_status({"device_id": "pi-refused", "step": "up-to-date", "installed_version": 1})
+    registry.record_status({"device_id": "pi-stopped", "state": "offline", "step": "stopped"})
+    config = CloudConfig(api_keys=(ADMIN,))
+    wide = {"FEDGE_API_KEY": ADMIN, "COLUMNS": "250"}  # one table row per line
+    try:
+        with BackgroundServer(create_app({}, config, registry=registry)) as server:
+            table = fedge("registry", "fleet", "--url", server.url, env=wide).stdout
+            patient = fedge("registry", "fleet", "--url", server.url, "--stale-after", "86400", env=wide).stdout
+            as_json = json.loads(fedge("registry", "fleet", "--url", server.url, "--json", env=wide).stdout)
+    finally:
+        registry.close()
+    rows = {line.split()[1]: line for line in table.splitlines() if line.startswith("│ pi-")}
+    assert " stale " in rows["pi-quiet"]
+    assert "UpdateRejected: bad hash" in rows["pi-refused"]
+    assert " online " in rows["pi-refused"]
+    assert " offline " in rows["pi-stopped"]
+    assert " stale " not in patient
+    assert "+00:00" in rows["pi-refused"]  # last seen, timezone-aware
+    assert {d["device_id"]: d["stale"] for d in as_json} == {"pi-quiet": True, "pi-refused": False, "pi-stopped": False}

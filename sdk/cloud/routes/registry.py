@@ -8,10 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, Field
 
 from sdk.cloud.deps import Admin, Authorized, RegistryDep
+from sdk.cloud.registry import STALE_AFTER_S
 from sdk.cloud.routes.models import read_body
 from sdk.errors import Conflict, WireFormatError
 from sdk.manifest import load_manifest
@@ -100,6 +101,11 @@ async def list_releases(registry: RegistryDep, model: str | None = None) -> list
 
 
 @router.get("/fleet", dependencies=[Authorized], summary="Every device's last report")
-async def fleet(registry: RegistryDep) -> list[dict[str, Any]]:
-    """Device id, model, running version, status, last update step, last seen."""
-    return registry.fleet()
+async def fleet(
+    registry: RegistryDep,
+    stale_after_s: Annotated[float, Query(gt=0, description="Silent this long (and not offline): stale.")] = (
+        STALE_AFTER_S
+    ),
+) -> list[dict[str, Any]]:
+    """Device id, model, running version, status (online/offline), stale, last step, last refusal, last seen (UTC)."""
+    return registry.fleet(stale_after_s=stale_after_s)

@@ -1,0 +1,166 @@
+"""Background work on a device that must never end the device program: one boundary, backoff with jitter, coalescing.
+
+A device's update checks run in one daemon thread (:class:`CheckWorker`): at start, when
+poked (an MQTT release notice), and every ``every_s``. Whatever a check raises (broker or
+repository down, a full disk, a bug) is logged on one line with its type, counted, and
+retried after a backoff with jitter; the thread goes on. Pokes are coalesced: however many
+arrive, two checks start at least ``min_interval_s`` apart, stretched by a random factor so
+that a fleet woken by one notice does not check in step. When the next check is due is
+decided by :func:`next_due`, a function of the worker's state with no clock or I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdk.config import check
+
+__all__ = ["Backoff", "CheckSchedule", "CheckWorker", "next_due"]
+
+log = logging.getLogger("fedge.edge.background")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backoff:
+    """Delay before the ``n``-th retry in a row: ``base_s * 2**(n-1)`` up to ``max_s``, less up to ``jitter`` of it."""
+
+    base_s: float = 1.0
+    max_s: float = 300.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(0 < self.base_s <= self.max_s, "base_s", "must be > 0 and <= max_s")
+        check(0 <= self.jitter < 1, "jitter", "must be within [0, 1)")
+
+    def delay(self, failures: int, rng: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after ``failures`` (>= 1) failures in a row."""
+        raw = min(self.max_s, self.base_s * 2.0 ** min(max(failures, 1) - 1, 64))
+        return raw * (1.0 - self.jitter * rng())
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckSchedule:
+    """When checks run: ``at_start``, every ``every_s`` (None: when poked), never closer than ``min_interval_s``."""
+
+    min_interval_s: float = 30.0
+    every_s: float | None = None
+    at_start: bool = False
+    jitter: float = 0.2
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def __post_init__(self) -> None:
+        check(self.min_interval_s >= 0, "min_interval_s", f"must be >= 0, got {self.min_interval_s}")
+        check(self.every_s is None or self.every_s > 0, "every_s", f"must be > 0, got {self.every_s}")
+        check(0 <= self.jitter <= 1, "jitter", f"must be within [0, 1], got {self.jitter}")
+
+
+def next_due(*, now: float, scheduled: float, poked: bool, earliest: float) -> float:
+    """When the next check starts: the scheduled time, or for a pending poke as soon as the minimum gap allows."""
+    return min(scheduled, max(now, earliest)) if poked else scheduled
+
+
+class CheckWorker:
+    """Runs ``task`` in a daemon thread per its :class:`CheckSchedule`; an exception never ends the thread.
+
+    ``retry_if(result)`` says that a check that returned ``result`` failed (the repository was
+    unreachable, say) and should be retried with backoff, as one that raised is.
+    """
+
+    def __init__(
+        self,
+        task: Callable[[], Any],
+        *,
+        name: str,
+        schedule: CheckSchedule | None = None,
+        retry_if: Callable[[Any], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        """Prepare the worker; :meth:`start` starts its thread."""
+        self.task = task
+        self.name = name
+        self.schedule = schedule or CheckSchedule()
+        self.retry_if = retry_if or (lambda result: False)
+        self.runs = 0
+        self.errors = 0
+        self.failures_in_a_row = 0
+        self._clock = clock
+        self._rng = rng
+        self._poked = False
+        self._earliest = -math.inf
+        self._scheduled = self._after(clock(), ok=True) if not self.schedule.at_start else -math.inf
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a poke is waiting for its turn (the minimum gap since the last check)."""
+        return self._poked
+
+    def start(self) -> CheckWorker:
+        """Start the thread (the first check, if ``at_start``, runs there, not in the caller)."""
+        self._thread.start()
+        return self
+
+    def poke(self) -> None:
+        """Ask for a check; any number of pokes before it starts make one check."""
+        self._poked = True
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread; a check under way is waited for up to ``timeout_s``."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def _after(self, now: float, *, ok: bool) -> float:
+        if not ok:
+            return now + self.schedule.backoff.delay(self.failures_in_a_row, self._rng)
+        return now + self.schedule.every_s if self.schedule.every_s is not None else math.inf
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = self._clock()
+            due = next_due(now=now, scheduled=self._scheduled, poked=self._poked, earliest=self._earliest)
+            if due > now:
+                self._wake.wait(None if math.isinf(due) else due - now)
+                self._wake.clear()
+                continue
+            self._poked = False  # a poke from now on asks for another check: it may announce what this one misses
+            ok = self._run_once()
+            now = self._clock()
+            self._earliest = now + self.schedule.min_interval_s * (1.0 + self.schedule.jitter * self._rng())
+            self._scheduled = self._after(now, ok=ok)
+
+    def _run_once(self) -> bool:
+        """Run the task inside the boundary; whether it succeeded."""
+        self.runs += 1
+        try:
+            result = self.task()
+        except Exception as exc:  # the boundary: nothing a check raises may end the device program
+            self.errors += 1
+            self.failures_in_a_row += 1
+            log.error(
+                "%s: check failed (%s: %s); retry with backoff (%d in a row)",
+                self.name,
+                type(exc).__name__,
+                exc,
+                self.failures_in_a_row,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            return False
+        if self.retry_if(result):
+            self.failures_in_a_row += 1
+            log.warning("%s: check did not complete (%s); retry with backoff", self.name, result)
+            return False
+        self.failures_in_a_row = 0
+        return True
