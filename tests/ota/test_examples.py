@@ -158,3 +158,32 @@ def test_the_example_serves_throughout_two_releases_and_ends_on_the_second(
     assert set(served) == {1, 2}, log
     assert served[-3:] == [2, 2, 2]
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("example", EXAMPLE_IDS)
+def test_setup_installs_from_a_place_that_exists(example):
+    script = EXAMPLES / example / "setup.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)  # it parses; it is not run (sudo, useradd)
+    text = script.read_text()
+    installs = [line for line in text.splitlines() if "pip install" in line and not line.lstrip().startswith("#")]
+    assert installs, text
+    assert not re.search(r"example\.(net|com|org)|git\+|https?://", "\n".join(installs)), installs
+    for relative in re.findall(r'"\$HERE/([^"$]+)"', text):  # the scripts and folders it runs from the checkout
+        assert (script.parent / relative).exists(), relative
+    pi = (EXAMPLES / "raspberrypi" / "setup.sh").read_text()
+    assert 'pip wheel --no-deps -w "$CHECKOUT/dist" "$CHECKOUT"' in pi  # the checkout, built into a wheel...
+    assert (EXAMPLES / "raspberrypi" / "../../pyproject.toml").exists()  # ... is a project pip can build
+
+
+@pytest.mark.parametrize("example", EXAMPLE_IDS)
+def test_every_file_the_unit_needs_is_explained(example):
+    unit = (EXAMPLES / example / "fedge-device.service").read_text()
+    comments = "\n".join(unit_lines(unit)[0])
+    readme = (EXAMPLES / example / "README.md").read_text()
+    config = tomllib.loads((EXAMPLES / example / "fedge.toml").read_text())
+    named = [unit_setting(unit, "EnvironmentFile")]
+    named += [word for word in shlex.split(unit_setting(unit, "ExecStart")) if word.startswith("/")]
+    named += [v for table in config.values() for v in table.values() if isinstance(v, str) and v.startswith("/")]
+    assert len(named) >= 6, named
+    unexplained = [path for path in named if f"#   {path} " not in comments and path not in readme]
+    assert not unexplained, f"{example}: the unit's comments and the README do not explain {unexplained}"
