@@ -12,6 +12,14 @@ metadata file, the release index, manifest, probe and artifact; ``bytes_per_devi
 divides them by the artifact, ``bytes_per_release_file_ratio`` by the files a device must
 have (artifact, manifest and the probe for its smoke test), leaving the TUF overhead.
 
+Before the clock, every device installs the model and serves it; then comes a bad release (the
+same model with wrong recorded probe outputs, :func:`bench.versions.with_wrong_probe`) that every
+device must refuse, then the timed good release (bytes are counted for it alone). From the bad
+release to the end of the good one, :class:`Traffic` keeps calling every device's
+``runtime.predict`` on the probe input: ``failed_predictions_during_updates`` (target 0) counts
+those that raised, out of ``predictions_during_updates``. Each install watches a health window
+of ``HEALTH_WINDOW_S`` after its swap.
+
 The raw baseline runs in the same run, once before the rollout and once after, so drift
 falls on both sides: as many plain devices (a thread and an HTTP connection pool each, no
 TUF, no MQTT, no install) GET the same three files from the same server, all at once.
@@ -21,6 +29,7 @@ TUF, no MQTT, no install) GET the same three files from the same server, all at 
 from __future__ import annotations
 
 import contextlib
+import queue
 import statistics
 import sys
 import tempfile
@@ -31,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import urllib3
 from fastapi.staticfiles import StaticFiles
 from rich.console import Console
@@ -38,6 +48,7 @@ from tuf.ngclient import Urllib3Fetcher
 
 from bench.harness import Progress, command_line, figures_table, ratio
 from bench.mobilenet import MobileNetSpec, add_cache_arguments, chosen_cache_root, mobilenet_dir
+from bench.versions import make_version, with_wrong_probe
 from sdk.cloud.app import create_app
 from sdk.cloud.config import CloudConfig
 from sdk.cloud.registry import Registry
@@ -45,18 +56,68 @@ from sdk.cloud.releases import ReleaseService
 from sdk.cloud.repository import ReleaseRepository
 from sdk.cloud.server import BackgroundServer
 from sdk.cloud.signing import init_keys
+from sdk.edge import EdgeRuntime
+from sdk.edge.background import CheckSchedule
 from sdk.edge.config import EdgeConfig
 from sdk.edge.install import ModelStore
 from sdk.edge.status import DeviceLink
-from sdk.edge.updater import ModelUpdater, UpdateConfig
-from sdk.manifest import load_manifest
+from sdk.edge.updater import ModelUpdater, UpdateConfig, UpdateOutcome, open_installed
+from sdk.manifest import load_manifest, load_probe
 from sdk.mosquitto import Mosquitto
 from sdk.mqtt import MqttSettings
 
-__all__ = ["CountingFetcher", "main", "raw_fetch", "run"]
+__all__ = ["CountingFetcher", "Traffic", "main", "raw_fetch", "run"]
 
 ADMIN = "bench-admin-0123456789abcdef"
-TARGETS = {"bytes_per_device_ratio": 1.1}
+TARGETS = {"bytes_per_device_ratio": 1.1, "failed_predictions_during_updates": 0}
+HEALTH_WINDOW_S = 1.0  # the window after each swap (10 s by default on a device): part of every install's time
+TRAFFIC_THREADS = 2
+TRAFFIC_PAUSE_S = 0.005  # between two predictions of one traffic thread: serving goes on, lightly
+
+
+class Traffic:
+    """Threads that keep calling ``predict`` on every runtime in turn, counting calls and calls that raised."""
+
+    def __init__(self, runtimes: list[EdgeRuntime], sample: np.ndarray) -> None:
+        """Start ``TRAFFIC_THREADS`` threads, each over its share of ``runtimes``."""
+        self.calls = 0
+        self.failed = 0
+        self.first_failure: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._serve, args=(runtimes[k::TRAFFIC_THREADS], sample), daemon=True)
+            for k in range(TRAFFIC_THREADS)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self, runtimes: list[EdgeRuntime], sample: np.ndarray) -> None:
+        while not self._stop.is_set():
+            for runtime in runtimes:
+                try:
+                    runtime.predict(sample)
+                    failure = None
+                except Exception as exc:  # counted, not fatal: this is the figure
+                    failure = f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    self.calls += 1
+                    if failure is not None:
+                        self.failed += 1
+                        self.first_failure = self.first_failure or failure
+                self._stop.wait(TRAFFIC_PAUSE_S)
+
+    def stop(self) -> None:
+        """Stop the threads and wait for them."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def __enter__(self) -> Traffic:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class CountingFetcher(Urllib3Fetcher):
@@ -132,48 +193,75 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
         app.mount("/baseline", StaticFiles(directory=model_dir), name="baseline")
         server = stack.enter_context(BackgroundServer(app))
         raw_urls = [f"{server.url}/baseline/{name}" for name in release_files]
-        registry.add_version(model_dir)
+        good = make_version(model_dir, tmp / "good", manifest.version + 2)
+        bad = with_wrong_probe(make_version(model_dir, tmp / "bad", manifest.version + 1))
+        for version_dir in (model_dir, bad, good):
+            registry.add_version(version_dir)
         step(f"raw baseline, before: {devices} plain devices GET the artifact, manifest and probe")
         raw_before, raw_bytes = raw_fetch(raw_urls, devices)
         step(f"{devices} devices connecting (one MQTT connection, updater and store each)")
-        fetchers, done = [], threading.Semaphore(0)
+        fetchers: list[CountingFetcher] = []
+        updaters: list[ModelUpdater] = []
+        outcomes: queue.Queue[tuple[int, UpdateOutcome]] = queue.Queue()
         root = repo.root_bytes(1)
+        edge_config = EdgeConfig(artifacts=("onnx-int8",), num_threads=1)
         for i in range(devices):
             device_id = f"bench-{i:03d}"
             fetcher = CountingFetcher()
             fetchers.append(fetcher)
-            link = DeviceLink(settings, device_id, manifest.name)
+            link = DeviceLink(settings, device_id, manifest.name, schedule=CheckSchedule(min_interval_s=0.0))
             updater = ModelUpdater(
                 ModelStore(tmp / "devices" / device_id),
-                UpdateConfig(model=manifest.name, device_id=device_id, repository_url=f"{server.url}/tuf"),
+                UpdateConfig(
+                    model=manifest.name,
+                    device_id=device_id,
+                    repository_url=f"{server.url}/tuf",
+                    health_window_s=HEALTH_WINDOW_S,
+                ),
                 root,
-                edge_config=EdgeConfig(artifacts=("onnx-int8",), num_threads=1),
+                edge_config=edge_config,
                 reporter=link.report,
                 fetcher=fetcher,
             )
-
-            def on_notice(updater: ModelUpdater = updater) -> None:
-                if updater.check().outcome == "installed":
-                    done.release()
-
-            link.on_notice = on_notice
+            updaters.append(updater)
+            link.on_notice = lambda i=i, updater=updater: outcomes.put((i, updater.check()))
             link.start(wait=True)  # connected before the clock starts: the release is timed, not the connects
             stack.callback(link.stop)
-        step("releasing over HTTP; waiting for every device to report the new version")
+
+        def release(version: int, expected: set[str]) -> None:
+            """Release ``version`` over HTTP; return once every device's check about it ended as ``expected``."""
+            response = httpx.post(
+                f"{server.url}/v1/registry/releases",
+                json={"model": manifest.name, "version": version},
+                headers={"X-API-Key": ADMIN},
+                timeout=60,
+            )
+            response.raise_for_status()
+            ended: dict[int, UpdateOutcome] = {}
+            while len(ended) < devices:
+                i, outcome = outcomes.get(timeout=600)
+                if outcome.release == version:
+                    ended[i] = outcome
+            wrong = {i: o for i, o in ended.items() if o.outcome not in expected}
+            if wrong:
+                raise RuntimeError(f"v{version} ended otherwise than {sorted(expected)}: {wrong}")
+
+        step(f"before the clock: every device installs v{manifest.version} and serves it")
+        release(manifest.version, {"installed"})
+        for updater in updaters:
+            updater.runtime = stack.enter_context(EdgeRuntime(open_installed(updater.store, edge_config), edge_config))
+        traffic = stack.enter_context(Traffic([u.runtime for u in updaters], load_probe(model_dir, manifest)["input"]))
+        step(f"a bad release (v{manifest.version + 1}, its probe fails): every device must refuse it")
+        release(manifest.version + 1, {"rejected", "rolled-back"})
+        for fetcher in fetchers:
+            fetcher.bytes = 0
+        step(f"the good release (v{manifest.version + 2}) over HTTP; waiting for every device to report it")
         started = time.perf_counter()
-        response = httpx.post(
-            f"{server.url}/v1/registry/releases",
-            json={"model": manifest.name, "version": manifest.version},
-            headers={"X-API-Key": ADMIN},
-            timeout=60,
-        )
-        response.raise_for_status()
-        for _ in range(devices):
-            if not done.acquire(timeout=600):
-                raise TimeoutError("not every device installed the release")
-        while sum(d["running_version"] == manifest.version for d in registry.fleet()) < devices:
+        release(manifest.version + 2, {"installed"})
+        while sum(d["running_version"] == manifest.version + 2 for d in registry.fleet()) < devices:
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
+        traffic.stop()
         step(f"raw baseline, after: {devices} plain devices GET the same files")
         raw_after, _ = raw_fetch(raw_urls, devices)
     raw_s = statistics.fmean([raw_before, raw_after])
@@ -190,6 +278,9 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
         "artifact_bytes": artifact_size,
         "bytes_per_device_ratio": ratio(per_device, artifact_size),
         "bytes_per_release_file_ratio": ratio(per_device, release_size),
+        "predictions_during_updates": traffic.calls,
+        "failed_predictions_during_updates": traffic.failed,
+        **({"first_failed_prediction": traffic.first_failure} if traffic.first_failure else {}),
         "wall_s": round(time.time() - step.start, 1),
     }
     report["meets_targets"] = {k: report[k] <= v for k, v in TARGETS.items()}
@@ -207,9 +298,12 @@ def render(report: dict[str, Any], console: Console) -> None:
         "raw_bytes_per_device",
         "bytes_per_device_ratio",
         "bytes_per_release_file_ratio",
+        "predictions_during_updates",
+        "failed_predictions_during_updates",
     )
     title = f"OTA rollout of int8 MobileNetV2 to {report['devices']} devices, against plain GETs of its files"
-    console.print(figures_table(title, report, keys, {"bytes_per_device_ratio": "<= 1.1"}))
+    targets = {"bytes_per_device_ratio": "<= 1.1", "failed_predictions_during_updates": "0"}
+    console.print(figures_table(title, report, keys, targets))
 
 
 main = command_line(

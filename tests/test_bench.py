@@ -32,6 +32,9 @@ def test_ota_benchmark_produces_its_figures(tmp_path):
     assert report["bytes_per_release_file_ratio"] >= 1.0
     assert report["time_to_all_devices_ratio"] > 0
     assert report["raw_bytes_per_device"] > report["artifact_bytes"]
+    assert report["predictions_during_updates"] > 0  # the devices served through a bad and a good release
+    assert report["failed_predictions_during_updates"] == 0
+    assert report["meets_targets"]["failed_predictions_during_updates"] is True
 
 
 def test_balanced_order_gives_every_name_the_same_mean_position_every_two_rounds():

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 from pathlib import Path
 
 import pytest
 
+from bench.versions import make_version
 from sdk.cloud.app import create_app
 from sdk.cloud.repository import ReleaseRepository
 from sdk.cloud.server import BackgroundServer
 from sdk.cloud.signing import init_keys
 from sdk.edge.install import ModelStore
 from sdk.edge.updater import ModelUpdater, UpdateConfig
-from sdk.manifest import load_manifest
-
-
-def make_version(model_dir: Path, out: Path, version: int) -> Path:
-    """A copy of ``model_dir`` whose manifest says ``version`` (same, verified artifacts)."""
-    shutil.copytree(model_dir, out)
-    manifest = load_manifest(out)
-    dataclasses.replace(manifest, version=version).write(out)
-    return out
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from tuf.api.metadata import Metadata, TargetFile
 from waiting import PATIENCE_S, poll
 
+from bench.versions import with_wrong_probe
 from sdk.cloud.repository import ReleaseRepository
 from sdk.cloud.signing import new_signer
 from sdk.edge import EdgeConfig, EdgeRuntime
@@ -228,18 +229,8 @@ def test_root_rotation_needs_the_threshold_of_old_keys(device, repo, versions, k
 
 
 def test_a_probe_that_fails_is_a_rejected_update(device, repo, versions, tmp_path):
-    from sdk.manifest import file_digest, load_manifest
-
     updater = installed_then(device, repo, versions)
-    broken = versions(2)
-    probe = dict(np.load(broken / "probe.npz", allow_pickle=False))
-    probe = {k: (v + 5.0 if k.startswith("expected") else v) for k, v in probe.items()}
-    np.savez(broken / "probe.npz", **probe)
-    manifest = load_manifest(broken)
-    sha, size = file_digest(broken / "probe.npz")
-    import dataclasses
-
-    dataclasses.replace(manifest, probe=dataclasses.replace(manifest.probe, sha256=sha, size=size)).write(broken)
+    broken = with_wrong_probe(versions(2))
     repo.release(broken)
     outcome = updater.check()
     assert_still_on_v1(updater, outcome)
