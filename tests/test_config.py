@@ -49,7 +49,7 @@ def test_list_from_env():
         pytest.param("", {"FEDGE_EDGE__NUM_THREADS": "x"}, "edge.num_threads", "expected int", id="env-type"),
         pytest.param("", {"FEDGE_EDGE__SMOKE_TEST": "maybe"}, "edge.smoke_test", "boolean", id="env-bool"),
         pytest.param("", {"FEDGE_EDGE__LOG_LEVEL": "chatty"}, "edge.log_level", "'INFO'", id="log-level"),
-        pytest.param("[edge]\nmin_check_interval_s = -1\n", {}, "edge.min_check_interval_s", "0..86400", id="gap"),
+        pytest.param("[edge]\nmin_check_interval_s = 30\n", {}, "edge.min_check_interval_s", "unknown", id="moved"),
         pytest.param("edge = 3\n", {}, "edge", "expected a table", id="not-a-table"),
     ],
 )
@@ -91,3 +91,13 @@ def test_the_readme_configuration_example_loads(tmp_path, module, name, key, exp
     path.write_text(block)
     value = getattr(getattr(importlib.import_module(module), name).load(path, {}), key)
     assert (value, type(value)) == (expected, type(expected))
+
+
+def test_the_least_gap_between_update_checks_is_an_update_key(tmp_path):
+    from sdk.edge.updater import UpdateConfig
+
+    fields = "model = 'digits'\ndevice_id = 'pi-7'\nrepository_url = 'https://fedge.example.net/tuf'\n"
+    assert UpdateConfig.load(_toml(tmp_path, f"[update]\n{fields}")).min_check_interval_s == 30.0
+    with pytest.raises(ConfigError, match=r"0\.\.86400") as info:
+        UpdateConfig.load(_toml(tmp_path, f"[update]\n{fields}min_check_interval_s = -1\n"), env={})
+    assert info.value.key == "update.min_check_interval_s"

@@ -52,7 +52,8 @@ def run(
 ) -> None:
     """Serve predictions on this device and keep its model current, until stopped."""
     from sdk.edge import EdgeConfig, EdgeRuntime
-    from sdk.edge.background import Backoff, CheckSchedule
+    from sdk.edge.background import CheckSchedule
+    from sdk.edge.backoff import Backoff
     from sdk.edge.cloud_client import CloudClient
     from sdk.edge.config import LOG_LEVELS
     from sdk.edge.install import ModelStore
@@ -86,10 +87,10 @@ def run(
         "serving %s", f"v{updater.installed_version}" if updater.installed_version is not None else "through the cloud"
     )
     schedule = CheckSchedule(
-        min_interval_s=edge.min_check_interval_s,
+        min_interval_s=update.min_check_interval_s,
         every_s=update.check_interval_s,
         at_start=True,  # a device that was offline catches up, in the background, while it serves
-        backoff=Backoff(max_s=min(300.0, update.check_interval_s)),
+        backoff=Backoff(base_s=update.retry_base_s, max_s=update.check_interval_s),  # only after a bug
     )
     link = DeviceLink(
         mqtt,
@@ -97,7 +98,7 @@ def run(
         update.model,
         on_notice=updater.check,
         schedule=schedule,
-        retry_if=lambda outcome: outcome.outcome in ("unreachable", "failed"),  # not the release's fault: back off
+        next_check_in=lambda outcome: outcome.retry_after_s,  # the updater's one policy: interval or backoff
     )
     updater.reporter = link.report
     stop = threading.Event()

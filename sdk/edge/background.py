@@ -1,12 +1,13 @@
 """Background work on a device that must never end the device program: one boundary, backoff with jitter, coalescing.
 
 A device's update checks run in one daemon thread (:class:`CheckWorker`): at start, when
-poked (an MQTT release notice), and every ``every_s``. Whatever a check raises (broker or
-repository down, a full disk, a bug) is logged on one line with its type, counted, and
-retried after a backoff with jitter; the thread goes on. Pokes are coalesced: however many
-arrive, two checks start at least ``min_interval_s`` apart, stretched by a random factor so
-that a fleet woken by one notice does not check in step. When the next check is due is
-decided by :func:`next_due`, a function of the worker's state with no clock or I/O.
+poked (an MQTT release notice), and when the last check's result asks (``next_check_in``: the
+updater's ``retry_after_s``, from :class:`sdk.edge.backoff.Backoff`), else every ``every_s``.
+Whatever a check raises (a bug: the updater reports its failures as outcomes) is logged on one
+line with its type, counted, and retried after the schedule's backoff; the thread goes on.
+Pokes are coalesced: however many arrive, two checks start at least ``min_interval_s``
+apart, stretched by a random factor so that a fleet woken by one notice does not check in
+step. When the next check is due is decided by :func:`next_due`, a function of the worker's state with no clock or I/O.
 """
 
 from __future__ import annotations
@@ -21,28 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdk.config import check
+from sdk.edge.backoff import Backoff
 
-__all__ = ["Backoff", "CheckSchedule", "CheckWorker", "next_due"]
+__all__ = ["CheckSchedule", "CheckWorker", "next_due"]
 
 log = logging.getLogger("fedge.edge.background")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Backoff:
-    """Delay before the ``n``-th retry in a row: ``base_s * 2**(n-1)`` up to ``max_s``, less up to ``jitter`` of it."""
-
-    base_s: float = 1.0
-    max_s: float = 300.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        check(0 < self.base_s <= self.max_s, "base_s", "must be > 0 and <= max_s")
-        check(0 <= self.jitter < 1, "jitter", "must be within [0, 1)")
-
-    def delay(self, failures: int, rng: Callable[[], float] = random.random) -> float:
-        """Seconds to wait after ``failures`` (>= 1) failures in a row."""
-        raw = min(self.max_s, self.base_s * 2.0 ** min(max(failures, 1) - 1, 64))
-        return raw * (1.0 - self.jitter * rng())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +37,7 @@ class CheckSchedule:
     every_s: float | None = None
     at_start: bool = False
     jitter: float = 0.2
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff = field(default_factory=lambda: Backoff(base_s=1.0, max_s=300.0))  # after a check that raised
 
     def __post_init__(self) -> None:
         check(self.min_interval_s >= 0, "min_interval_s", f"must be >= 0, got {self.min_interval_s}")
@@ -69,8 +53,9 @@ def next_due(*, now: float, scheduled: float, poked: bool, earliest: float) -> f
 class CheckWorker:
     """Runs ``task`` in a daemon thread per its :class:`CheckSchedule`; an exception never ends the thread.
 
-    ``retry_if(result)`` says that a check that returned ``result`` failed (the repository was
-    unreachable, say) and should be retried with backoff, as one that raised is.
+    ``next_check_in(result)`` says in how many seconds the check that returned ``result`` asks
+    for the next one (None: the schedule's ``every_s`` decides); a check that raised is retried
+    after the schedule's backoff.
     """
 
     def __init__(
@@ -79,7 +64,7 @@ class CheckWorker:
         *,
         name: str,
         schedule: CheckSchedule | None = None,
-        retry_if: Callable[[Any], bool] | None = None,
+        next_check_in: Callable[[Any], float | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -87,7 +72,7 @@ class CheckWorker:
         self.task = task
         self.name = name
         self.schedule = schedule or CheckSchedule()
-        self.retry_if = retry_if or (lambda result: False)
+        self.next_check_in = next_check_in or (lambda result: None)
         self.runs = 0
         self.errors = 0
         self.failures_in_a_row = 0
@@ -95,7 +80,7 @@ class CheckWorker:
         self._rng = rng
         self._poked = False
         self._earliest = -math.inf
-        self._scheduled = self._after(clock(), ok=True) if not self.schedule.at_start else -math.inf
+        self._scheduled = self._after(clock(), None) if not self.schedule.at_start else -math.inf
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -122,9 +107,12 @@ class CheckWorker:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
-    def _after(self, now: float, *, ok: bool) -> float:
-        if not ok:
-            return now + self.schedule.backoff.delay(self.failures_in_a_row, self._rng)
+    def _after(self, now: float, wait_s: float | None) -> float:
+        """When the next scheduled check is due: in ``wait_s`` if the last check said so, else per the schedule."""
+        if self.failures_in_a_row:
+            return now + self.schedule.backoff.delay(self.failures_in_a_row, self._rng())
+        if wait_s is not None:
+            return now + wait_s
         return now + self.schedule.every_s if self.schedule.every_s is not None else math.inf
 
     def _loop(self) -> None:
@@ -136,13 +124,13 @@ class CheckWorker:
                 self._wake.clear()
                 continue
             self._poked = False  # a poke from now on asks for another check: it may announce what this one misses
-            ok = self._run_once()
+            wait_s = self._run_once()
             now = self._clock()
             self._earliest = now + self.schedule.min_interval_s * (1.0 + self.schedule.jitter * self._rng())
-            self._scheduled = self._after(now, ok=ok)
+            self._scheduled = self._after(now, wait_s)
 
-    def _run_once(self) -> bool:
-        """Run the task inside the boundary; whether it succeeded."""
+    def _run_once(self) -> float | None:
+        """Run the task inside the boundary; the seconds its result asks to wait (None: the schedule decides)."""
         self.runs += 1
         try:
             result = self.task()
@@ -157,10 +145,6 @@ class CheckWorker:
                 self.failures_in_a_row,
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
-            return False
-        if self.retry_if(result):
-            self.failures_in_a_row += 1
-            log.warning("%s: check did not complete (%s); retry with backoff", self.name, result)
-            return False
+            return None
         self.failures_in_a_row = 0
-        return True
+        return self.next_check_in(result)

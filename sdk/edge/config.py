@@ -32,8 +32,7 @@ class EdgeConfig:
     there is no local model (else the manifest's name).
 
     For the device program (``fedge edge run``): ``log_level`` of its log lines on stderr (the
-    journal), and ``min_check_interval_s``, the least time between two update checks however
-    many release notices arrive (stretched by up to 20 % at random).
+    journal).
     """
 
     artifacts: tuple[str, ...] = ("onnx-int8", "onnx-fp32", "tflite")
@@ -51,7 +50,6 @@ class EdgeConfig:
     cache_size: int = 0
     model_name: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    min_check_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         check(bool(self.artifacts), "artifacts", "needs at least one artifact kind")
@@ -78,11 +76,6 @@ class EdgeConfig:
             self.log_level in LOG_LEVELS,
             "log_level",
             f"expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}",
-        )
-        check(
-            0 <= self.min_check_interval_s <= 86_400,
-            "min_check_interval_s",
-            f"must be within 0..86400, got {self.min_check_interval_s}",
         )
 
     @classmethod

@@ -41,7 +41,7 @@ class DeviceLink:
     """One MQTT connection per device for notices and status; ``on_notice`` (the check) runs in a worker thread.
 
     ``schedule`` says when else the check runs (at start, on a timer) and how close two checks
-    may be; ``retry_if(result)`` marks a check result as a failure to retry with backoff.
+    may be; ``next_check_in(result)`` says when the check that returned ``result`` asks for the next.
     """
 
     def __init__(
@@ -52,7 +52,7 @@ class DeviceLink:
         on_notice: Callable[[], Any] | None = None,
         *,
         schedule: CheckSchedule | None = None,
-        retry_if: Callable[[Any], bool] | None = None,
+        next_check_in: Callable[[Any], float | None] | None = None,
     ) -> None:
         """Prepare the connection; :meth:`start` connects."""
         self.device_id = device_id
@@ -63,7 +63,7 @@ class DeviceLink:
         self.notices = 0
         self.on_notice = on_notice
         name = f"fedge-checks-{device_id}"
-        self.checks = CheckWorker(self._check, name=name, schedule=schedule, retry_if=retry_if)
+        self.checks = CheckWorker(self._check, name=name, schedule=schedule, next_check_in=next_check_in)
         self._status_lock = threading.Lock()
         self._last_status: bytes | None = None
         self._stopped = False

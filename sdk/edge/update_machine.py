@@ -37,6 +37,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from sdk.edge.backoff import Backoff
 from sdk.errors import (
     BackendUnavailable,
     DeviceResourceError,
@@ -48,7 +49,6 @@ from sdk.errors import (
 )
 
 __all__ = [
-    "Backoff",
     "Decision",
     "HealthRules",
     "Outcome",
@@ -149,25 +149,6 @@ def choose_release(
 def blames_release(error: BaseException) -> bool:
     """Whether ``error`` says the release is at fault (False: the repository or this device is)."""
     return not isinstance(error, (RepositoryUnreachable, DeviceResourceError, BackendUnavailable))
-
-
-@dataclass(frozen=True, kw_only=True)
-class Backoff:
-    """When to check again: the regular interval after a clean check, exponential backoff after failures.
-
-    Both carry jitter, so that a fleet that failed together does not come back together.
-    """
-
-    base_s: float = 5.0
-    max_s: float = 900.0
-    interval_s: float = 900.0
-
-    def delay(self, failures: int, draw: float) -> float:
-        """Seconds to wait after ``failures`` failed checks in a row; ``draw`` is uniform in [0, 1)."""
-        if failures <= 0:
-            return self.interval_s * (0.9 + 0.2 * draw)
-        ceiling = min(self.max_s, self.base_s * 2 ** min(failures - 1, 30))
-        return ceiling * (0.5 + 0.5 * draw)
 
 
 @dataclass(frozen=True, kw_only=True)

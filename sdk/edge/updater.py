@@ -41,13 +41,13 @@ from typing import Any
 
 from sdk.config import check as check_config
 from sdk.config import load_section
+from sdk.edge.backoff import Backoff
 from sdk.edge.config import EdgeConfig
 from sdk.edge.install import ModelStore, write_fetched
 from sdk.edge.rollout import in_rollout
 from sdk.edge.runtime import EdgeRuntime, LoadedModel, load_model, smoke_test
 from sdk.edge.update_errors import map_update_errors, translate
 from sdk.edge.update_machine import (
-    Backoff,
     Decision,
     HealthRules,
     Outcome,
@@ -81,6 +81,7 @@ class UpdateConfig:
     channel: str = "stable"
     max_download_bytes: int = 256 * 1024 * 1024
     check_interval_s: float = 900.0
+    min_check_interval_s: float = 30.0  # least gap between two checks however many notices (+ up to 20 % at random)
     retry_base_s: float = 5.0
     health_window_s: float = 10.0
     health_probes: int = 3
@@ -92,6 +93,11 @@ class UpdateConfig:
         check_config(self.repository_url.startswith(("http://", "https://")), "repository_url", "must be http(s)")
         check_config(self.max_download_bytes > 0, "max_download_bytes", "must be > 0")
         check_config(self.check_interval_s >= 1, "check_interval_s", "must be >= 1")
+        check_config(
+            0 <= self.min_check_interval_s <= 86_400,
+            "min_check_interval_s",
+            f"must be within 0..86400, got {self.min_check_interval_s}",
+        )
         check_config(0 < self.retry_base_s <= self.check_interval_s, "retry_base_s", "must be in (0, check_interval_s]")
         check_config(self.health_window_s >= 0, "health_window_s", "must be >= 0")
         check_config(self.health_probes >= 1, "health_probes", "must be >= 1")

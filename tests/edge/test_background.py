@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from waiting import poll
 
-from sdk.edge.background import Backoff, CheckSchedule, next_due
+from sdk.edge.background import CheckSchedule, CheckWorker, next_due
+from sdk.edge.backoff import Backoff
 from sdk.errors import ConfigError
 
 
@@ -20,9 +22,9 @@ from sdk.errors import ConfigError
 )
 def test_backoff_doubles_up_to_its_cap_and_jitters_downwards(failures, low, high):
     backoff = Backoff(base_s=1.0, max_s=300.0, jitter=0.5)
-    assert backoff.delay(failures, rng=lambda: 0.0) == high
-    assert backoff.delay(failures, rng=lambda: 1.0) == low
-    assert low < backoff.delay(failures, rng=lambda: 0.3) < high
+    assert backoff.delay(failures, 0.0) == low
+    assert backoff.delay(failures, 1.0) == high  # the draw's bound, never reached: the ceiling is never passed
+    assert low < backoff.delay(failures, 0.3) < high
 
 
 def test_a_poke_waits_for_the_minimum_gap_and_a_schedule_does_not():
@@ -45,3 +47,19 @@ def test_schedule_errors_name_the_key(make, key):
     with pytest.raises(ConfigError) as caught:
         make()
     assert caught.value.key == key
+
+
+def test_the_worker_checks_again_when_the_result_asks_and_only_then():
+    results = [0.0, 0.0, None]  # seconds until the next check each result asks for; None: the schedule's (never)
+    worker = CheckWorker(
+        lambda: results.pop(0),
+        name="follows-the-outcome",
+        schedule=CheckSchedule(min_interval_s=0, at_start=True),
+        next_check_in=lambda wait_s: wait_s,
+    ).start()
+    try:
+        poll(lambda: worker.runs == 3, "the checks the results asked for")
+    finally:
+        worker.stop()
+    assert worker.runs == 3  # the third result asked for no check, and nothing else schedules one
+    assert worker.errors == 0

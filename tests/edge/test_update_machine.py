@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdk.edge.update_machine import Backoff, HealthRules, Release, State, UpdateMachine, choose_release
+from sdk.edge.backoff import Backoff
+from sdk.edge.update_machine import HealthRules, Release, State, UpdateMachine, choose_release
 from sdk.errors import (
     DeviceResourceError,
     EngineLoadFailed,

@@ -77,8 +77,7 @@ def test_edge_run_connects_later_installs_and_a_clean_stop_leaves_it_offline(
         device_id="pi-late",
         broker=broker.address,
         repository_url=f"{server.url}/tuf",
-        edge="min_check_interval_s = 0",
-        update="health_window_s = 0.2",
+        update="health_window_s = 0.2\nmin_check_interval_s = 0",
     )
     command += ["--interval", "0.2", "--log-level", "debug"]
     out = tmp_path / "device.out"

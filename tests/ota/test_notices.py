@@ -17,7 +17,8 @@ from waiting import PATIENCE_S, poll
 
 from sdk import topics
 from sdk.edge import EdgeConfig
-from sdk.edge.background import Backoff, CheckSchedule
+from sdk.edge.background import CheckSchedule
+from sdk.edge.backoff import Backoff
 from sdk.edge.install import ModelStore
 from sdk.edge.status import DeviceLink, notice_payload
 from sdk.edge.updater import open_installed
@@ -141,7 +142,8 @@ def test_last_will_marks_a_vanished_device_offline(broker):
 
 KILL_SCRIPT = """
 import os, signal, sys
-from sdk.edge.background import Backoff, CheckSchedule
+from sdk.edge.backoff import Backoff
+from sdk.edge.background import CheckSchedule
 from sdk.edge.install import ModelStore
 from sdk.edge.updater import ModelUpdater, UpdateConfig
 
