@@ -121,14 +121,17 @@ class Traffic:
 
 
 class CountingFetcher(Urllib3Fetcher):
-    """python-tuf's default fetcher, counting the bytes it hands over."""
+    """python-tuf's default fetcher, counting the bytes it hands over and keeping the URLs it fetched."""
 
     def __init__(self) -> None:
         super().__init__(app_user_agent="fedge-bench")
         self.bytes = 0
+        self.urls: list[str] = []
         self._lock = threading.Lock()
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        with self._lock:
+            self.urls.append(url)
         for chunk in super()._fetch(url):
             with self._lock:
                 self.bytes += len(chunk)

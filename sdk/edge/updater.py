@@ -173,6 +173,7 @@ class ModelUpdater:
             max_error_run=config.max_error_run,
         )
         self._lock = threading.Lock()
+        self._settled_timestamp: int | None = None  # the signed timestamp's version at the last clean check
         self._metadata_dir = store.root / "tuf"
         self._metadata_dir.mkdir(parents=True, exist_ok=True)
         if not (self._metadata_dir / "root.json").exists():
@@ -203,17 +204,22 @@ class ModelUpdater:
         """Let a refused ``version`` (None: all of them) be tried at the next check; return those forgotten."""
         with self._lock:
             gone = self.memory.forget(version)
+            self._settled_timestamp = None  # the next check looks at the index, whatever the timestamp says
         self.report("forgotten", versions=gone)
         return gone
 
-    def check(self) -> UpdateOutcome:
-        """Look for a release for this device and install it; never raises, every failure is an outcome."""
+    def check(self, reason: str = "schedule") -> UpdateOutcome:
+        """Look for a release for this device and install it; never raises, every failure is an outcome.
+
+        A check for a ``"notice"`` ends ``up-to-date`` right after the metadata refresh when the signed
+        timestamp is the one of the last clean check: nothing was released since, the index is not read.
+        """
         with self._lock:
             machine = UpdateMachine(
                 backoff=self._backoff, health=self._health, failures=self.memory.failures, draw=self._draw
             )
             try:
-                verdict = self._run(machine)
+                verdict = self._run(machine, skip_unchanged=reason == "notice")
             except Exception as exc:  # the one place a check ends on an error
                 verdict = machine.failed(_ours(exc))
             return self._conclude(verdict)
@@ -252,12 +258,15 @@ class ModelUpdater:
             bootstrap=None,
         )
 
-    def _run(self, machine: UpdateMachine) -> Verdict:
+    def _run(self, machine: UpdateMachine, *, skip_unchanged: bool) -> Verdict:
         machine.advance(State.CHECKING)
         self.report("checking")
         with map_update_errors():
             updater = self._updater()
             updater.refresh()
+            timestamp = self._timestamp_version()
+            if skip_unchanged and timestamp == self._settled_timestamp:
+                return machine.chosen(None)  # type: ignore[return-value]  # None chosen: always a verdict
             releases = self._index(updater)
         release = choose_release(
             releases,
@@ -269,6 +278,7 @@ class ModelUpdater:
         )
         verdict = machine.chosen(release)
         if verdict is not None or release is None:
+            self._settled_timestamp = timestamp
             return verdict  # type: ignore[return-value]
         version = release.version
         staging = self.store.stage()
@@ -286,7 +296,17 @@ class ModelUpdater:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         machine.advance(State.STAGED)
-        return self._activate(machine, installed, version)
+        verdict = self._activate(machine, installed, version)
+        if verdict.outcome == "installed":
+            self._settled_timestamp = timestamp
+        return verdict
+
+    def _timestamp_version(self) -> int | None:
+        """The version of the signed timestamp the refresh just verified (python-tuf keeps it in the metadata dir)."""
+        try:
+            return int(json.loads((self._metadata_dir / "timestamp.json").read_bytes())["signed"]["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _index(self, updater: Any) -> list[Release]:
         """The model's releases from its signed index (none when the model was never released)."""

@@ -15,6 +15,7 @@ import pytest
 from tuf.api.metadata import Metadata, TargetFile
 from waiting import PATIENCE_S, poll
 
+from bench.ota import CountingFetcher
 from bench.versions import with_wrong_probe
 from sdk.cloud.repository import ReleaseRepository
 from sdk.cloud.signing import new_signer
@@ -318,3 +319,25 @@ def test_errors_in_the_health_window_roll_back(device, repo, versions):
     assert "calls failed" in outcome.detail  # the live error rate decided, not the probe
     assert updater.runtime.manifest.version == 1
     assert updater.runtime.predict(SAMPLE).model_version == 1
+
+
+def test_a_notice_with_nothing_new_reads_the_timestamp_and_nothing_else(device, repo, versions):
+    fetcher = CountingFetcher()
+    repo.release(versions(1))
+    updater = device(fetcher=fetcher)
+    assert updater.check().outcome == "installed"
+
+    fetcher.urls.clear()
+    assert updater.check(reason="notice").outcome == "up-to-date"
+    fetched = [url.rsplit("/", 1)[-1] for url in fetcher.urls]
+    assert "timestamp.json" in fetched
+    assert all(name == "timestamp.json" or name.endswith(".root.json") for name in fetched), fetched  # no index
+
+    fetcher.urls.clear()
+    assert updater.check().outcome == "up-to-date"  # a scheduled check still reads the signed index
+    assert any(url.endswith("index.json") for url in fetcher.urls)
+
+    repo.release(versions(2))
+    fetcher.urls.clear()
+    outcome = updater.check(reason="notice")  # a new timestamp: the notice's check goes all the way
+    assert (outcome.outcome, outcome.version) == ("installed", 2)
