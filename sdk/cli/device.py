@@ -96,7 +96,7 @@ def run(
         mqtt,
         update.device_id,
         update.model,
-        on_notice=updater.check,
+        on_notice=lambda: updater.check(reason="notice" if link.checks.for_poke else "schedule"),
         schedule=schedule,
         next_check_in=lambda outcome: outcome.retry_after_s,  # the updater's one policy: interval or backoff
     )

@@ -74,6 +74,7 @@ class CheckWorker:
         self.schedule = schedule or CheckSchedule()
         self.next_check_in = next_check_in or (lambda result: None)
         self.runs = 0
+        self.for_poke = False
         self.errors = 0
         self.failures_in_a_row = 0
         self._clock = clock
@@ -123,6 +124,8 @@ class CheckWorker:
                 self._wake.wait(None if math.isinf(due) else due - now)
                 self._wake.clear()
                 continue
+            # Read by the task: a check only a poke asked for may stop early when nothing is new.
+            self.for_poke = self._poked and now < self._scheduled
             self._poked = False  # a poke from now on asks for another check: it may announce what this one misses
             wait_s = self._run_once()
             now = self._clock()

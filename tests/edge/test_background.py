@@ -63,3 +63,19 @@ def test_the_worker_checks_again_when_the_result_asks_and_only_then():
         worker.stop()
     assert worker.runs == 3  # the third result asked for no check, and nothing else schedules one
     assert worker.errors == 0
+
+
+def test_the_task_knows_whether_only_a_poke_asked_for_it():
+    seen: list[bool] = []
+    worker = CheckWorker(
+        lambda: seen.append(worker.for_poke),
+        name="poke-or-schedule",
+        schedule=CheckSchedule(min_interval_s=0, at_start=True),  # then only pokes: no interval
+    ).start()
+    try:
+        poll(lambda: len(seen) == 1, "the check at start")
+        worker.poke()
+        poll(lambda: len(seen) == 2, "the check the poke asked for")
+    finally:
+        worker.stop()
+    assert seen == [False, True]  # the start was due by the schedule; the second, only by the poke
