@@ -1,4 +1,4 @@
-"""A repository that hangs up mid-download and a full disk are reported outcomes; the device keeps serving.
+"""A repository that hangs up mid-download, a full disk and a clock far off are reported outcomes; the device serves.
 
 The repository here is a tiny real HTTP server over the real signed repository directory; it can be told
 to send half of each model file and close the connection, which the cloud app cannot be made to do.
@@ -6,12 +6,14 @@ to send half of each model file and close the connection, which the cloud app ca
 
 from __future__ import annotations
 
+import datetime
 import errno
 import shutil
 import socket
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -107,5 +109,34 @@ def test_a_full_disk_while_writing_the_model_is_a_failed_outcome(device, repo, v
     assert 2 not in updater.memory.refused  # the disk was at fault, not the release
 
     monkeypatch.undo()  # space was freed
+    assert updater.check().version == 2
+    assert updater.runtime.predict(SAMPLE).model_version == 2
+
+
+class FarFuture(datetime.datetime):
+    """A clock ten years ahead, as a device with a dead RTC battery and a bad NTP answer may have."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return super().now(tz) + datetime.timedelta(days=3650)
+
+
+def test_a_clock_far_ahead_sees_expired_metadata_reports_it_and_recovers(device, repo, versions, monkeypatch):
+    import tuf.ngclient._internal.trusted_metadata_set as trusted
+
+    updater = serving_v1(device, repo, versions)
+    repo.release(versions(2))
+    # Fault injection: the system clock cannot be moved here; python-tuf reads the time it checks expiry
+    # against from this module's `datetime`, so the device's view of "now" moves and nothing else does.
+    monkeypatch.setattr(trusted, "datetime", SimpleNamespace(datetime=FarFuture, timezone=datetime.timezone))
+    outcome = updater.check()
+    assert outcome.outcome == "rejected"
+    assert "xpired" in outcome.detail
+    assert outcome.retry_after_s > 0  # retried later, not given up
+    assert updater.events[-1]["step"] == "rejected"
+    assert updater.runtime.predict(SAMPLE).model_version == 1
+    assert 2 not in updater.memory.refused  # the clock was at fault, not the release
+
+    monkeypatch.undo()  # the clock is right again
     assert updater.check().version == 2
     assert updater.runtime.predict(SAMPLE).model_version == 2
