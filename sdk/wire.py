@@ -10,29 +10,46 @@ offset  size  field
 ```
 
 A message is a request (model, tensors, deadline, priority), a reply (tensors,
-model version, who answered) or an error (a code from :data:`ERROR_CODES` and a
-message). :func:`decode` checks the size bound before it reads anything and raises
-only :class:`~sdk.errors.WireFormatError` (or its :class:`~sdk.errors.PayloadTooLarge`).
+model version, who answered) or an error (a code from :data:`sdk.outcomes.ERROR_CODES`,
+or any other ``[a-z][a-z0-9_]*`` code a newer peer sends, and a message).
+
+Exact: :func:`decode` gives back every field :func:`encode` was given. A header field
+is left out only when it holds its default (``None``, ``""``, and ``0`` for
+``priority``), so ``model_version=0`` and ``deadline_ms=0.0`` travel and come back
+as such; a 0-d tensor stays 0-d, and every dtype comes back bit for bit (in native
+byte order). :func:`encode` refuses (``WireFormatError``) a message that
+:func:`decode` would refuse, so what one side sends the other reads.
+
+Bounded: :func:`decode` checks the size bound before it reads anything, and every
+dimension and byte count before numpy sees them (a shape holds at most
+:data:`MAX_ELEMENTS` elements even with its zero dimensions taken as one; integers are
+64-bit), so that it raises only :class:`~sdk.errors.WireFormatError` (or its
+:class:`~sdk.errors.PayloadTooLarge`) whatever the bytes. Payloads of format version 1
+written before these rules decode as before.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
 
 from sdk.errors import PayloadTooLarge, WireFormatError
+from sdk.outcomes import ErrorCode
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DTYPES",
-    "ERROR_CODES",
     "MAGIC",
+    "MAX_ELEMENTS",
+    "MAX_RANK",
+    "MAX_TENSORS",
     "VERSION",
     "ErrorCode",
     "Message",
@@ -50,18 +67,12 @@ DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TENSORS = 16
 MAX_RANK = 8
+MAX_ELEMENTS = 2**31 - 1
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
-ErrorCode = Literal["bad_request", "unknown_model", "overloaded", "deadline", "internal", "unauthorized"]
-ERROR_CODES: tuple[ErrorCode, ...] = (
-    "bad_request",
-    "unknown_model",
-    "overloaded",
-    "deadline",
-    "internal",
-    "unauthorized",
-)
 Kind = Literal["request", "reply", "error"]
 _PREFIX = struct.Struct("<3sBI")
+_INT64 = (-(2**63), 2**63 - 1)
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +86,7 @@ class Message:
     deadline_ms: float | None = None
     priority: int = 0
     source: str = ""
-    error_code: ErrorCode | None = None
+    error_code: str | None = None  # one of sdk.outcomes.ERROR_CODES, or a newer peer's code
     error_message: str = ""
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -85,6 +96,9 @@ class Message:
         if not self.tensors:
             raise WireFormatError("the message carries no tensor")
         return next(iter(self.tensors.values()))
+
+
+_OPTIONAL = tuple((f.name, f.default) for f in fields(Message) if f.name not in ("kind", "id", "tensors"))
 
 
 def new_request_id() -> str:
@@ -131,27 +145,29 @@ def error_reply(request_id: str, code: ErrorCode, message: str, *, model: str = 
 
 
 def encode(message: Message) -> bytes:
-    """Serialise ``message``; tensors go out little-endian and C-contiguous."""
+    """Serialise ``message``; tensors go out little-endian and C-contiguous.
+
+    Raises:
+        WireFormatError: the message holds something :func:`decode` would refuse (a dtype that
+            cannot travel, a rank over MAX_RANK, a field of the wrong type or length ...).
+    """
     specs, blobs = [], []
     for name, array in message.tensors.items():
         arr = np.asarray(array)
         if arr.dtype.name not in DTYPES:
             raise WireFormatError(f"tensor {name!r}: dtype {arr.dtype} cannot travel (allowed: {', '.join(DTYPES)})")
-        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")  # keeps 0-d arrays 0-d
         specs.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)})
         blobs.append(arr.tobytes())
     header: dict[str, Any] = {"kind": message.kind, "id": message.id, "tensors": specs}
-    optional = {
-        "model": message.model,
-        "model_version": message.model_version,
-        "deadline_ms": message.deadline_ms,
-        "priority": message.priority,
-        "source": message.source,
-        "error_code": message.error_code,
-        "error_message": message.error_message,
-    }
-    header.update({k: v for k, v in optional.items() if v not in (None, "", 0)})
+    for key, default in _OPTIONAL:  # a default is left out; 0, 0.0 and "" of a field whose default is None travel
+        value = getattr(message, key)
+        if not (type(value) is type(default) and value == default):
+            header[key] = value.item() if isinstance(value, np.generic) else value
+    _read_header(header)  # the checks decode makes, so that what goes out comes back
     raw = json.dumps(header, separators=(",", ":")).encode()
+    if len(raw) > MAX_HEADER_BYTES:
+        raise WireFormatError(f"the header of {len(raw)} bytes is over the {MAX_HEADER_BYTES}-byte bound")
     return b"".join([_PREFIX.pack(MAGIC, VERSION, len(raw)), raw, *blobs])
 
 
@@ -173,21 +189,55 @@ def decode(payload: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_
         header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + header_len]))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireFormatError(f"header is not valid JSON: {exc}") from None
+    fields_, specs = _read_header(header)
+    return Message(**fields_, tensors=_read_tensors(specs, view[_PREFIX.size + header_len :]))
+
+
+def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, np.dtype, tuple[int, ...], int]]]:
+    """The checked message fields of a parsed header, and its tensors as (name, dtype, shape, element count)."""
     if not isinstance(header, dict):
         raise WireFormatError("header is not a JSON object")
-    tensors = _read_tensors(header.get("tensors"), view[_PREFIX.size + header_len :])
-    return Message(
-        kind=_field(header, "kind", str, choices=("request", "reply", "error")),
-        id=_field(header, "id", str, required=True, max_len=128),
-        model=_field(header, "model", str, default="", max_len=128),
-        model_version=_field(header, "model_version", int, default=None),
-        deadline_ms=_field(header, "deadline_ms", float, default=None),
-        priority=_field(header, "priority", int, default=0),
-        source=_field(header, "source", str, default="", max_len=128),
-        error_code=_field(header, "error_code", str, default=None, choices=ERROR_CODES),
-        error_message=_field(header, "error_message", str, default="", max_len=4000),
-        tensors=tensors,
-    )
+    fields_ = {
+        "kind": _field(header, "kind", str, choices=("request", "reply", "error")),
+        "id": _field(header, "id", str, required=True, max_len=128),
+        "model": _field(header, "model", str, default="", max_len=128),
+        "model_version": _field(header, "model_version", int, default=None),
+        "deadline_ms": _field(header, "deadline_ms", float, default=None),
+        "priority": _field(header, "priority", int, default=0),
+        "source": _field(header, "source", str, default="", max_len=128),
+        "error_code": _field(header, "error_code", str, default=None, max_len=32),
+        "error_message": _field(header, "error_message", str, default="", max_len=4000),
+    }
+    if fields_["error_code"] is not None and not _CODE.fullmatch(fields_["error_code"]):
+        raise WireFormatError(f"header field 'error_code' is {fields_['error_code']!r}, not a [a-z][a-z0-9_]* code")
+    specs = header.get("tensors")
+    if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
+        raise WireFormatError(f"header field 'tensors' must be a list of at most {MAX_TENSORS} entries")
+    tensors: list[tuple[str, np.dtype, tuple[int, ...], int]] = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise WireFormatError(f"tensor {i} is not an object")
+        name = _field(spec, "name", str, required=True, max_len=64)
+        if any(name == seen for seen, *_ in tensors):
+            raise WireFormatError(f"tensor {name!r} is named twice")
+        dtype = np.dtype(_field(spec, "dtype", str, required=True, choices=DTYPES)).newbyteorder("<")
+        shape = _shape(name, spec.get("shape"))
+        tensors.append((name, dtype, shape, math.prod(shape)))
+    return fields_, tensors
+
+
+def _shape(name: str, shape: Any) -> tuple[int, ...]:
+    # Checked before numpy sees it: numpy refuses a shape whose size overflows even when a zero makes it empty.
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        raise WireFormatError(f"tensor {name!r}: shape must be a list of at most {MAX_RANK} dimensions")
+    span = 1
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            raise WireFormatError(f"tensor {name!r}: shape {shape!r} holds {d!r}, not a non-negative int")
+        span *= max(d, 1)  # each factor is checked before the next multiplication, so span stays <= 2**62
+        if span > MAX_ELEMENTS:
+            raise WireFormatError(f"tensor {name!r}: shape spans more than {MAX_ELEMENTS} elements")
+    return tuple(shape)
 
 
 def _field(
@@ -205,12 +255,14 @@ def _field(
             raise WireFormatError(f"header field {key!r} is missing")
         return default
     value = header[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, kind):
+    if isinstance(value, bool) or not isinstance(value, (float, int) if kind is float else kind):
         raise WireFormatError(f"header field {key!r} must be {kind.__name__}, got {type(value).__name__}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise WireFormatError(f"header field {key!r} must be finite")
+    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        raise WireFormatError(f"header field {key!r} is outside the 64-bit range")
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise WireFormatError(f"header field {key!r} must be finite")
     if choices is not None and value not in choices:
         raise WireFormatError(f"header field {key!r} is {value!r}, expected one of {', '.join(choices)}")
     if max_len is not None and len(value) > max_len:
@@ -218,28 +270,14 @@ def _field(
     return value
 
 
-def _read_tensors(specs: Any, body: memoryview) -> dict[str, np.ndarray]:
-    if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
-        raise WireFormatError(f"header field 'tensors' must be a list of at most {MAX_TENSORS} entries")
+def _read_tensors(specs: list[tuple[str, np.dtype, tuple[int, ...], int]], body: memoryview) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     offset = 0
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, dict):
-            raise WireFormatError(f"tensor {i} is not an object")
-        name = _field(spec, "name", str, required=True, max_len=64)
-        dtype_name = _field(spec, "dtype", str, required=True, choices=DTYPES)
-        shape = spec.get("shape")
-        if (
-            not isinstance(shape, list)
-            or len(shape) > MAX_RANK
-            or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape)
-        ):
-            raise WireFormatError(f"tensor {name!r}: shape must be a list of at most {MAX_RANK} non-negative ints")
-        dtype = np.dtype(dtype_name).newbyteorder("<")
-        nbytes = math.prod(shape) * dtype.itemsize
-        if offset + nbytes > len(body):
+    for name, dtype, shape, count in specs:
+        nbytes = count * dtype.itemsize
+        if nbytes > len(body) - offset:
             raise WireFormatError(f"tensor {name!r} needs {nbytes} bytes, {len(body) - offset} are left (truncated)")
-        arr = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+        arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
         tensors[name] = arr.astype(dtype.newbyteorder("="), copy=False)
         offset += nbytes
     if offset != len(body):

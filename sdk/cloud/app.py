@@ -21,15 +21,13 @@ from sdk.cloud.config import CloudConfig
 from sdk.cloud.deps import AppState
 from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import ServiceMetrics
-from sdk.cloud.outcomes import error_code_for, http_status_for
 from sdk.cloud.registry import Registry
 from sdk.cloud.routes import models, ops
 from sdk.cloud.routes import registry as registry_routes
 from sdk.errors import FedgeError
+from sdk.outcomes import code_for_status, error_code_for, http_status_for
 
 __all__ = ["create_app"]
-
-_CODE_FOR_STATUS = {400: "bad_request", 401: "unauthorized", 404: "unknown_model", 503: "overloaded"}
 
 
 def create_app(
@@ -72,7 +70,7 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, _CODE_FOR_STATUS.get(exc.status_code, "bad_request"), str(exc.detail))
+        return _error(exc.status_code, code_for_status(exc.status_code), str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

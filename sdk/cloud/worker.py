@@ -22,9 +22,9 @@ import paho.mqtt.client as mqtt
 from sdk import topics, wire
 from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import ServiceMetrics
-from sdk.cloud.outcomes import error_code_for
 from sdk.errors import CloudUnavailable, InvalidInput, Overloaded, WireFormatError
 from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
+from sdk.outcomes import error_code_for
 
 __all__ = ["InferenceWorker"]
 

@@ -20,15 +20,13 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from sdk import topics, wire
+from sdk import outcomes, topics, wire
 from sdk.edge.breaker import CircuitBreaker
 from sdk.errors import (
     CloudError,
     CloudUnavailable,
     DeadlineExceeded,
-    Overloaded,
     RemoteError,
-    UnknownModel,
     WireFormatError,
 )
 from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
@@ -173,20 +171,11 @@ class CloudClient:
 
 
 def _cloud_is_up(exc: CloudError) -> bool:
-    # A refusal of this request says nothing bad about the cloud's health.
-    refused = isinstance(exc, RemoteError) and exc.code in ("bad_request", "unauthorized")
-    return refused or isinstance(exc, UnknownModel)
+    return not outcomes.counts_against_cloud(exc)
 
 
 def _remote_error(message: wire.Message) -> CloudError:
-    text = message.error_message or message.error_code or "error"
-    if message.error_code == "overloaded":
-        return Overloaded(f"the cloud shed the request: {text}")
-    if message.error_code == "deadline":
-        return DeadlineExceeded(f"the cloud dropped the request as late: {text}")
-    if message.error_code == "unknown_model":
-        return UnknownModel(text)
-    return RemoteError(message.error_code or "internal", text)
+    return outcomes.error_for(message.error_code or "internal", message.error_message or "error")
 
 
 def _settle(future: Future[wire.Message], *, result: wire.Message | None = None, exc: Exception | None = None) -> None:

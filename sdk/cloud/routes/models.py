@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from sdk import wire
 from sdk.cloud.deps import Authorized, ServiceFor, State
-from sdk.cloud.outcomes import error_code_for
 from sdk.cloud.schemas import TENSOR_MEDIA_TYPE, ErrorBody, ModelInfo, PredictRequest, PredictResponse, TensorInfo
 from sdk.edge.prediction import confidences
 from sdk.errors import InvalidInput, PayloadTooLarge, WireFormatError
+from sdk.outcomes import error_code_for
 
 __all__ = ["UnsupportedMediaType", "read_body", "router"]
 
