@@ -178,7 +178,7 @@ def run(settings: Settings, cache_root: Path | None, step: Progress) -> dict[str
     """Build both models (MobileNetV2 in a worker process, cached), time them, and return the report."""
     import onnxruntime
 
-    from sdk.edge.backends.litert import interpreter_package
+    from sdk.backends.litert import interpreter_package
 
     spec = MobileNetSpec(calibration_samples=settings.mobilenet_calibration, seed=SEED)
     with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:

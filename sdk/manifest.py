@@ -3,6 +3,7 @@
 A model directory holds the artifacts of one model version (``model-fp32.onnx``,
 ``model-int8.onnx``, ``model.tflite``), a probe input with each artifact's expected
 output (``probe.npz``), and this manifest, which records every file's sha256 and size.
+A directory fetched over the air may hold only some artifacts; ``fetched.json`` says which.
 Edge and cloud read it through this module only; it imports nothing heavy.
 """
 
@@ -25,6 +26,7 @@ from sdk.errors import ManifestError, ModelIntegrityError, ModelNotFound
 __all__ = [
     "ARTIFACT_KINDS",
     "DTYPES",
+    "FETCHED_FILE",
     "FORMAT_VERSION",
     "MANIFEST_FILE",
     "PROBE_FILE",
@@ -33,15 +35,18 @@ __all__ = [
     "Manifest",
     "Probe",
     "TensorSpec",
+    "fetched_kinds",
     "file_digest",
     "load_manifest",
     "load_probe",
     "verify_files",
+    "write_fetched",
 ]
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PROBE_FILE = "probe.npz"
+FETCHED_FILE = "fetched.json"
 ArtifactKind = Literal["onnx-fp32", "onnx-int8", "tflite"]
 ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("onnx-fp32", "onnx-int8", "tflite")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64")
@@ -186,6 +191,23 @@ def load_probe(model_dir: str | os.PathLike[str], manifest: Manifest) -> dict[st
     verify_files(model_dir, [manifest.probe])
     with np.load(Path(model_dir) / manifest.probe.file, allow_pickle=False) as npz:
         return {key.replace("__", "/"): npz[key] for key in npz.files}
+
+
+def write_fetched(directory: Path, kinds: list[str]) -> None:
+    """Record in a staged directory which artifact kinds it holds."""
+    (directory / FETCHED_FILE).write_text(json.dumps({"artifacts": sorted(kinds)}))
+
+
+def fetched_kinds(directory: Path) -> frozenset[str] | None:
+    """The artifact kinds an over-the-air directory holds; None for a whole exported directory."""
+    try:
+        data = json.loads((directory / FETCHED_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return frozenset()  # unreadable: trust no artifact, so loading fails loudly rather than guessing
+    kinds = data.get("artifacts") if isinstance(data, dict) else None
+    return frozenset(k for k in kinds if isinstance(k, str)) if isinstance(kinds, list) else frozenset()
 
 
 class _Fields:

@@ -277,8 +277,11 @@ def _read_tensors(specs: list[tuple[str, np.dtype, tuple[int, ...], int]], body:
         nbytes = count * dtype.itemsize
         if nbytes > len(body) - offset:
             raise WireFormatError(f"tensor {name!r} needs {nbytes} bytes, {len(body) - offset} are left (truncated)")
-        arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
-        tensors[name] = arr.astype(dtype.newbyteorder("="), copy=False)
+        if count == 0:  # nothing to read, and some numpy versions refuse frombuffer at the end of a buffer
+            tensors[name] = np.empty(shape, dtype.newbyteorder("="))
+        else:
+            arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+            tensors[name] = arr.astype(dtype.newbyteorder("="), copy=False)
         offset += nbytes
     if offset != len(body):
         raise WireFormatError(f"{len(body) - offset} bytes follow the last tensor")

@@ -9,7 +9,13 @@ import inspect
 import pytest
 from extras import needs
 
-PUBLIC = ["sdk.edge", "sdk.errors", "sdk.manifest", pytest.param("federation.export", marks=needs("torch"))]
+PUBLIC = [
+    "sdk.edge",
+    "sdk.errors",
+    "sdk.manifest",
+    "sdk.outcomes",
+    pytest.param("federation.export", marks=needs("torch")),
+]
 
 
 def isort_order(name: str) -> tuple[int, str]:
@@ -20,6 +26,9 @@ def isort_order(name: str) -> tuple[int, str]:
 def public_names(module) -> set[str]:
     """Public names the module's own source binds: definitions, assignments, and a package's own re-exports."""
     names: set[str] = set()
+    # A package re-exports from its own modules and from the shared ones of its project (sdk.edge from sdk.backends).
+    project = module.__name__.split(".")[0]
+    reexports_from = project + "." if hasattr(module, "__path__") else module.__name__ + "."
     for node in ast.parse(inspect.getsource(module)).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
@@ -27,7 +36,7 @@ def public_names(module) -> set[str]:
             names.update(t.id for t in node.targets if isinstance(t, ast.Name))
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.add(node.target.id)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(module.__name__ + "."):
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(reexports_from):
             names.update(alias.asname or alias.name for alias in node.names)
     return {n for n in names if not n.startswith("_")}
 

@@ -1,7 +1,7 @@
 """From a trained torch model to a verified model directory: prune, export, quantize, gate, manifest.
 
 Every artifact is measured on the held-out test split through the same engine a
-device uses (``sdk.edge.backends``), and the export fails without writing
+device uses (``sdk.backends``), and the export fails without writing
 anything when an int8 or pruned artifact falls more than ``max_accuracy_drop_pt``
 points below the unpruned fp32 model.
 """
@@ -24,8 +24,8 @@ from federation.export.pruning import prune_magnitude, sparsity
 from federation.export.to_onnx import export_onnx, quantize_int8
 from federation.export.to_tflite import export_tflite, tflite_available
 from federation.task import LABELS, MODEL_NAME, Split, accuracy, predict_logits, train
+from sdk.backends import open_backend
 from sdk.config import check, load_section
-from sdk.edge.backends import open_backend
 from sdk.errors import AccuracyGateFailed, ExportError
 from sdk.manifest import PROBE_FILE, Artifact, Manifest, Probe, TensorSpec, file_digest
 

@@ -122,8 +122,8 @@ def predict(
 
 def info(model_dir: ModelDirOpt) -> None:
     """Show a model directory's manifest and the engines this machine offers."""
-    from sdk.edge.backends.litert import interpreter_package
-    from sdk.edge.backends.ort import available_providers
+    from sdk.backends.litert import interpreter_package
+    from sdk.backends.ort import available_providers
     from sdk.manifest import load_manifest
 
     m = load_manifest(model_dir)

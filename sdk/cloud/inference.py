@@ -10,8 +10,7 @@ import numpy as np
 
 from sdk.cloud.batching import Batcher, BatcherConfig
 from sdk.cloud.metrics import ServiceMetrics
-from sdk.edge.config import EdgeConfig
-from sdk.edge.runtime import LoadedModel, load_model
+from sdk.loading import LoadedModel, LoadOptions, load_model
 from sdk.manifest import Manifest
 
 __all__ = ["InferenceService", "load_services"]
@@ -46,8 +45,8 @@ class InferenceService:
         metrics: ServiceMetrics | None = None,
     ) -> InferenceService:
         """Load the fp32 ONNX artifact (CUDA when present, else CPU), verified and smoke-tested."""
-        edge = EdgeConfig(artifacts=("onnx-fp32",), providers=providers)
-        return cls(load_model(model_dir, edge), config, metrics=metrics)
+        options = LoadOptions(artifacts=("onnx-fp32",), providers=providers)
+        return cls(load_model(model_dir, options), config, metrics=metrics)
 
     @property
     def name(self) -> str:

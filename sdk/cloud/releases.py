@@ -19,8 +19,8 @@ import paho.mqtt.client as mqtt
 from sdk import topics
 from sdk.cloud.registry import Registry
 from sdk.cloud.repository import ReleaseRepository
-from sdk.edge.status import notice_payload
 from sdk.mqtt import MqttSettings, connect, make_client
+from sdk.notices import notice_payload
 
 __all__ = ["ReleaseService"]
 

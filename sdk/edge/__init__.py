@@ -3,7 +3,7 @@
 Importing this package loads neither torch, flwr, fastapi nor sqlalchemy.
 """
 
-from sdk.edge.backends import Backend
+from sdk.backends import Backend
 from sdk.edge.config import EdgeConfig
 from sdk.edge.prediction import BatchPrediction, Prediction, Source
 from sdk.edge.runtime import EdgeRuntime, LoadedModel, load_model

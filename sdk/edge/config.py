@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from sdk.config import check, load_section
 from sdk.edge.fallback import MODES, Mode
-from sdk.manifest import ARTIFACT_KINDS
+from sdk.loading import LoadOptions
 
 __all__ = ["LOG_LEVELS", "EdgeConfig"]
 
@@ -18,12 +17,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True, kw_only=True)
-class EdgeConfig:
+class EdgeConfig(LoadOptions):
     """How a device loads and runs its model.
 
-    ``artifacts`` is the order in which artifact kinds are tried; ``backend`` limits
-    the choice to one engine; ``providers`` is ONNX Runtime's execution-provider
-    preference (aliases ``tensorrt``, ``cuda``, ``cpu`` or full names).
+    The loading keys come from :class:`~sdk.loading.LoadOptions`: ``artifacts`` is the order
+    in which artifact kinds are tried; ``backend`` limits the choice to one engine;
+    ``providers`` is ONNX Runtime's execution-provider preference (aliases ``tensorrt``,
+    ``cuda``, ``cpu`` or full names).
 
     ``fallback`` is the cloud policy (see :mod:`sdk.edge.fallback`); it applies when the
     runtime has a cloud client. ``confidence_threshold`` overrides the manifest's calibrated
@@ -35,15 +35,6 @@ class EdgeConfig:
     journal).
     """
 
-    artifacts: tuple[str, ...] = ("onnx-int8", "onnx-fp32", "tflite")
-    backend: Literal["auto", "onnxruntime", "litert"] = "auto"
-    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
-    num_threads: int = 0
-    nan_policy: Literal["reject", "allow"] = "reject"
-    strict_dtype: bool = False
-    max_batch_size: int = 256
-    smoke_test: bool = True
-    cache_dir: Path | None = None
     fallback: Mode = "edge-first"
     confidence_threshold: float | None = None
     deadline_ms: float = 500.0
@@ -52,18 +43,7 @@ class EdgeConfig:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def __post_init__(self) -> None:
-        check(bool(self.artifacts), "artifacts", "needs at least one artifact kind")
-        for kind in self.artifacts:
-            check(kind in ARTIFACT_KINDS, "artifacts", f"unknown kind {kind!r} (known: {', '.join(ARTIFACT_KINDS)})")
-        check(bool(self.providers), "providers", "needs at least one execution provider")
-        check(
-            0 <= self.num_threads <= 256,
-            "num_threads",
-            f"must be within 0..256 (0 = engine default), got {self.num_threads}",
-        )
-        check(
-            1 <= self.max_batch_size <= 1 << 16, "max_batch_size", f"must be within 1..65536, got {self.max_batch_size}"
-        )
+        super().__post_init__()
         check(self.fallback in MODES, "fallback", f"expected one of {', '.join(MODES)}, got {self.fallback!r}")
         check(
             self.confidence_threshold is None or 0.0 <= self.confidence_threshold <= 1.0,

@@ -7,39 +7,19 @@
 <root>/.staging-*            downloads in progress (removed at start)
 ```
 Every file and directory is fsync'd before the rename that publishes it. A version directory
-installed over the air holds only the artifacts this device fetched; its ``fetched.json`` says
-which, so that the runtime does not take the others for missing files.
+installed over the air holds only the artifacts this device fetched; its ``fetched.json``
+(:func:`sdk.manifest.write_fetched`) says which, so that loading does not take the others for missing files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["FETCHED_FILE", "ModelStore", "fetched_kinds", "write_fetched"]
-
-FETCHED_FILE = "fetched.json"
-
-
-def write_fetched(directory: Path, kinds: list[str]) -> None:
-    """Record in a staged directory which artifact kinds it holds."""
-    (directory / FETCHED_FILE).write_text(json.dumps({"artifacts": sorted(kinds)}))
-
-
-def fetched_kinds(directory: Path) -> frozenset[str] | None:
-    """The artifact kinds an over-the-air directory holds; None for a whole exported directory."""
-    try:
-        data = json.loads((directory / FETCHED_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return frozenset()  # unreadable: trust no artifact, so loading fails loudly rather than guessing
-    kinds = data.get("artifacts") if isinstance(data, dict) else None
-    return frozenset(k for k in kinds if isinstance(k, str)) if isinstance(kinds, list) else frozenset()
+__all__ = ["ModelStore"]
 
 
 def _fsync_dir(path: Path) -> None:

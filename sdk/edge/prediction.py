@@ -8,7 +8,7 @@ from typing import Literal, overload
 
 import numpy as np
 
-__all__ = ["BatchPrediction", "Prediction", "Source", "confidences"]
+__all__ = ["BatchPrediction", "Prediction", "Source"]
 
 #: Where an answer came from: the local model, the cloud, or the local model when the
 #: cloud was wanted but could not answer in time.
@@ -59,12 +59,3 @@ class BatchPrediction(Sequence[Prediction]):
 
     def __iter__(self) -> Iterator[Prediction]:
         return (self[i] for i in range(len(self)))
-
-
-def confidences(outputs: np.ndarray, output_kind: str) -> np.ndarray:
-    """Per-row class probabilities: a softmax of logits, or the outputs as they are."""
-    if output_kind == "probabilities":
-        return outputs
-    shifted = outputs - outputs.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)

@@ -6,169 +6,33 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from sdk.edge.backends import BACKEND_FOR_KIND, Backend, open_backend
+from sdk.backends import Backend
+from sdk.confidence import confidences
 from sdk.edge.cache import ResultCache, input_key
 from sdk.edge.config import EdgeConfig
 from sdk.edge.fallback import cloud_budget, low_confidence, resolve_threshold
-from sdk.edge.inputs import InputPolicy
-from sdk.edge.install import fetched_kinds
-from sdk.edge.prediction import BatchPrediction, Prediction, Source, confidences
+from sdk.edge.prediction import BatchPrediction, Prediction, Source
 from sdk.errors import (
     BackendError,
-    BackendUnavailable,
     CloudError,
-    InvalidInput,
-    ModelIntegrityError,
     ModelNotFound,
-    ModelSignatureMismatch,
     RemoteError,
 )
-from sdk.manifest import Artifact, Manifest, load_manifest, load_probe, verify_files
+from sdk.loading import LoadedModel, load_model
+from sdk.manifest import Artifact, Manifest
 from sdk.wire import Message
 
 if TYPE_CHECKING:  # the MQTT client is imported only by those who use the cloud
     from sdk.edge.cloud_client import CloudClient
 
-__all__ = ["EdgeRuntime", "LoadedModel", "check_signature", "load_model", "smoke_test"]
+__all__ = ["EdgeRuntime", "LoadedModel", "load_model"]
 
 log = logging.getLogger("fedge.edge")
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A verified model directory with one artifact loaded in its engine."""
-
-    directory: Path
-    manifest: Manifest
-    artifact: Artifact
-    backend: Backend
-    inputs: InputPolicy
-
-    def close(self) -> None:
-        """Release the engine."""
-        self.backend.close()
-
-
-def load_model(model_dir: str | os.PathLike[str], config: EdgeConfig) -> LoadedModel:
-    """Verify the files of ``model_dir``, load the preferred runnable artifact and smoke-test it.
-
-    Raises:
-        ModelNotFound: no manifest, or no artifact kind of ``config.artifacts``.
-        ManifestError: the manifest is malformed.
-        ModelIntegrityError: a file is missing or does not match its hash, or the probe fails.
-        ModelSignatureMismatch: the engine's input or output differs from the manifest's.
-        BackendUnavailable: no engine for any wanted artifact is installed (``EngineLoadFailed``: it
-            is installed but cannot load the file here, e.g. a provider failed or memory ran out).
-    """
-    directory = Path(model_dir)
-    manifest = load_manifest(directory)
-    held = fetched_kinds(directory)  # None: a whole exported directory, which holds every artifact
-    runnable = [k for k in config.artifacts if k in manifest.artifacts and (held is None or k in held)]
-    # Every artifact this device may run and the directory should hold must be present and intact;
-    # any other one present must be intact too.
-    entries: list = [a for a in manifest.artifacts.values() if a.kind in runnable or (directory / a.file).exists()]
-    if manifest.probe is not None:
-        entries.append(manifest.probe)
-    verify_files(directory, entries)
-
-    candidates = [manifest.artifacts[k] for k in runnable if config.backend in ("auto", BACKEND_FOR_KIND[k])]
-    if not candidates:
-        holds = sorted(manifest.artifacts) if held is None else sorted(held)
-        raise ModelNotFound(
-            f"{manifest.name} v{manifest.version} holds artifacts {holds}, "
-            f"none of them allowed by artifacts={list(config.artifacts)} backend={config.backend!r}"
-        )
-    missing: list[str] = []
-    for artifact in candidates:
-        try:
-            backend = open_backend(
-                directory / artifact.file,
-                artifact.kind,
-                providers=config.providers,
-                num_threads=config.num_threads,
-                cache_dir=config.cache_dir,
-            )
-        except BackendUnavailable as exc:
-            missing.append(f"{artifact.kind}: {exc}")
-            continue
-        try:
-            check_signature(manifest, backend)
-        except BaseException:
-            backend.close()
-            raise
-        model = LoadedModel(
-            directory=directory,
-            manifest=manifest,
-            artifact=artifact,
-            backend=backend,
-            inputs=InputPolicy(
-                manifest.input,
-                nan_policy=config.nan_policy,
-                strict_dtype=config.strict_dtype,
-                max_batch_size=config.max_batch_size,
-            ),
-        )
-        if config.smoke_test and manifest.probe is not None:
-            try:
-                smoke_test(model)
-            except BaseException:
-                backend.close()
-                raise
-        log.info("loaded %s v%s (%s on %s)", manifest.name, manifest.version, artifact.kind, ", ".join(backend.devices))
-        return model
-    raise BackendUnavailable("no engine can run this model: " + "; ".join(missing))
-
-
-def check_signature(manifest: Manifest, backend: Backend) -> None:
-    """Compare the engine's input and output with the manifest's specs; dynamic dimensions match anything.
-
-    Raises:
-        ModelSignatureMismatch: a shape or dtype differs, so live calls would fail on this engine.
-    """
-    signature = backend.signature()
-    if signature is None:
-        return
-    ends = (
-        ("input", manifest.input, signature.input_shape, signature.input_dtype),
-        ("output", manifest.outputs[0], signature.output_shape, signature.output_dtype),
-    )
-    for end, spec, shape, dtype in ends:
-        want = tuple(spec.shape[1:])
-        fits = len(shape) == len(want)
-        fits = fits and all(a is None or b is None or a == b for a, b in zip(shape, want, strict=True))
-        if not fits or dtype != spec.dtype:
-            raise ModelSignatureMismatch(
-                f"the engine's {end} takes samples {shape} of {dtype}; the manifest says {want} of {spec.dtype}"
-            )
-
-
-def smoke_test(model: LoadedModel) -> None:
-    """Run the manifest's probe input the way a live call runs, and compare with the output the export recorded.
-
-    Raises:
-        ModelSignatureMismatch: the probe input does not pass the manifest's input spec.
-        ModelIntegrityError: the output differs from the recorded one.
-        BackendError: the engine failed on the probe.
-    """
-    probe = load_probe(model.directory, model.manifest)
-    expected = probe.get(f"expected/{model.artifact.kind}")
-    if expected is None:
-        raise ModelIntegrityError(f"the probe has no expected output for {model.artifact.kind}")
-    try:
-        batch, _ = model.inputs.prepare(probe["input"])  # the input path of EdgeRuntime.predict
-    except InvalidInput as exc:
-        raise ModelSignatureMismatch(f"the probe input does not fit the manifest's input: {exc}") from exc
-    got = model.backend.run(batch)
-    atol = model.manifest.probe.atol if model.manifest.probe else 1e-3
-    if got.shape != expected.shape or not np.allclose(got, expected, atol=atol, rtol=1e-3):
-        raise ModelIntegrityError(f"{model.artifact.file} does not reproduce the probe output recorded at export")
 
 
 class EdgeRuntime:

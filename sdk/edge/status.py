@@ -27,14 +27,9 @@ from sdk import topics
 from sdk.edge.background import CheckSchedule, CheckWorker
 from sdk.mqtt import MqttSettings, connect, make_client
 
-__all__ = ["DeviceLink", "notice_payload"]
+__all__ = ["DeviceLink"]
 
 log = logging.getLogger("fedge.edge.status")
-
-
-def notice_payload(model: str, version: int) -> bytes:
-    """The body of a release notice (informational only: devices trust the signed metadata)."""
-    return json.dumps({"model": model, "version": version, "time": time.time()}).encode()
 
 
 class DeviceLink:

@@ -13,7 +13,7 @@ OSError ENOSPC / EDQUOT                -> DeviceResourceError     the disk is fu
 OSError (any other)                    -> DeviceResourceError
 MemoryError                            -> DeviceResourceError
 ```
-ONNX Runtime and LiteRT load failures are mapped where the engine loads (``sdk.edge.backends``):
+ONNX Runtime and LiteRT load failures are mapped where the engine loads (``sdk.backends``):
 a file the engine refuses is a ``ModelIntegrityError``; an engine that cannot load it here (a
 provider failed, memory ran out) is an ``EngineLoadFailed``, which is not the release's fault.
 """

@@ -43,9 +43,9 @@ from sdk.config import check as check_config
 from sdk.config import load_section
 from sdk.edge.backoff import Backoff
 from sdk.edge.config import EdgeConfig
-from sdk.edge.install import ModelStore, write_fetched
+from sdk.edge.install import ModelStore
 from sdk.edge.rollout import in_rollout
-from sdk.edge.runtime import EdgeRuntime, LoadedModel, load_model, smoke_test
+from sdk.edge.runtime import EdgeRuntime
 from sdk.edge.update_errors import map_update_errors, translate
 from sdk.edge.update_machine import (
     Decision,
@@ -60,7 +60,8 @@ from sdk.edge.update_machine import (
 )
 from sdk.edge.update_memory import UpdateMemory
 from sdk.errors import ConfigError, FedgeError, ModelError, ReleaseUnusable, SmokeTestFailed, UpdateRejected
-from sdk.manifest import ARTIFACT_KINDS, load_manifest
+from sdk.loading import LoadedModel, load_model, smoke_test
+from sdk.manifest import ARTIFACT_KINDS, load_manifest, write_fetched
 
 __all__ = ["ModelUpdater", "UpdateConfig", "UpdateOutcome", "open_installed"]
 

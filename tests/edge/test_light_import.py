@@ -28,6 +28,7 @@ def test_device_side_modules_import_no_heavy_framework():
         "sdk.edge.cloud_client sdk.edge.updater sdk.edge.status sdk.edge.background sdk.edge.install"
         " sdk.edge.calibration"
         " sdk.config sdk.mqtt sdk.wire sdk.manifest sdk.cli sdk.cli.device"
+        " sdk.loading sdk.backends sdk.inputs sdk.confidence sdk.notices sdk.outcomes"
     )
     code = (
         "import sys, importlib\n"

@@ -20,9 +20,9 @@ from waiting import PATIENCE_S, poll
 from sdk import topics
 from sdk.cloud.registry import Registry
 from sdk.cloud.releases import ReleaseService
-from sdk.edge.status import notice_payload
 from sdk.mosquitto import free_port
 from sdk.mqtt import MqttSettings
+from sdk.notices import notice_payload
 
 SECRET = "mqtt-password-never-logged"
 

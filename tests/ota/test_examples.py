@@ -23,10 +23,10 @@ from peers import publish, subscribed_client
 from waiting import PATIENCE_S, poll
 
 from sdk import topics
+from sdk.backends.ort import available_providers
 from sdk.config import tomllib
-from sdk.edge.backends.ort import available_providers
-from sdk.edge.status import notice_payload
 from sdk.mqtt import MqttSettings
+from sdk.notices import notice_payload
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 #: Keys this machine's copy may change; every other key of the example stays as shipped.

@@ -20,9 +20,10 @@ from sdk.edge import EdgeConfig
 from sdk.edge.background import CheckSchedule
 from sdk.edge.backoff import Backoff
 from sdk.edge.install import ModelStore
-from sdk.edge.status import DeviceLink, notice_payload
+from sdk.edge.status import DeviceLink
 from sdk.edge.updater import open_installed
 from sdk.mqtt import MqttSettings, connect, make_client
+from sdk.notices import notice_payload
 
 
 def publish_retained(settings, topic, payload):

@@ -11,7 +11,7 @@ import securesystemslib.exceptions
 import tuf.api.exceptions
 import urllib3.exceptions
 
-from sdk.edge.backends.ort import OnnxRuntimeBackend, load_error
+from sdk.backends.ort import OnnxRuntimeBackend, load_error
 from sdk.edge.update_errors import map_update_errors, translate
 from sdk.errors import (
     DeviceResourceError,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sdk.backends.ort import OnnxRuntimeBackend
 from sdk.edge import EdgeConfig, EdgeRuntime
-from sdk.edge.backends.ort import OnnxRuntimeBackend
 from sdk.edge.updater import ModelUpdater, UpdateConfig, open_installed
 from sdk.manifest import TensorSpec, load_manifest, load_probe
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sdk import wire
 from sdk.cloud.deps import Authorized, ServiceFor, State
 from sdk.cloud.schemas import TENSOR_MEDIA_TYPE, ErrorBody, ModelInfo, PredictRequest, PredictResponse, TensorInfo
-from sdk.edge.prediction import confidences
+from sdk.confidence import confidences
 from sdk.errors import InvalidInput, PayloadTooLarge, WireFormatError
 from sdk.outcomes import error_code_for
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sdk.edge.backends.base import Backend, Signature
+from sdk.backends.base import Backend, Signature
 from sdk.errors import BackendError, BackendUnavailable, EngineLoadFailed, ModelIntegrityError
 
 __all__ = ["LiteRTBackend", "interpreter_package"]

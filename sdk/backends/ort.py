@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdk.edge.backends.base import Backend, Signature
+from sdk.backends.base import Backend, Signature
 from sdk.errors import BackendError, BackendUnavailable, EngineLoadFailed, ModelIntegrityError
 
 __all__ = ["PROVIDER_ALIASES", "OnnxRuntimeBackend", "available_providers", "load_error", "resolve_providers"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from sdk.edge.backends.base import Backend, Signature
+from sdk.backends.base import Backend, Signature
 
 __all__ = ["BACKEND_FOR_KIND", "Backend", "Signature", "open_backend"]
 
@@ -23,11 +23,11 @@ def open_backend(
     """Load the model file ``path`` of artifact ``kind`` in the engine that runs it."""
     engine = BACKEND_FOR_KIND.get(kind)
     if engine == "onnxruntime":
-        from sdk.edge.backends.ort import OnnxRuntimeBackend
+        from sdk.backends.ort import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, providers=providers, num_threads=num_threads, cache_dir=cache_dir)
     if engine == "litert":
-        from sdk.edge.backends.litert import LiteRTBackend
+        from sdk.backends.litert import LiteRTBackend
 
         return LiteRTBackend(path, num_threads=num_threads)
     raise ValueError(f"no backend runs artifacts of kind {kind!r}")
