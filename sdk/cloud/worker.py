@@ -301,9 +301,9 @@ class InferenceWorker:
             out = f.result()
             source = f"cloud:{self.worker_id}"
             reply = wire.reply(req, out[0] if single else out, model_version=service.manifest.version, source=source)
-            self._answer(target, reply, "ok")
-            with self._count_lock:
+            with self._count_lock:  # counted first: whoever sees the reply sees the count
                 self.answered += 1
+            self._answer(target, reply, "ok")
         except Exception:
             log.exception("%s: unexpected failure answering a request to %s", self.worker_id, target.model)
             self._fail_safely(target, target.ack)
