@@ -325,12 +325,12 @@ class InferenceWorker:
 
     def _answer(self, target: _Target, message: wire.Message, outcome: str) -> None:
         payload = wire.encode(message)
-        self._publish(target, payload)
-        if target.correlation:
-            self._recent.answered((target.topic, target.correlation), payload)
-        target.ack()
         self.metrics.requests.inc(transport="mqtt", model=target.model, outcome=outcome)
         self.metrics.latency.observe(time.perf_counter() - target.arrived, transport="mqtt", model=target.model)
+        if target.correlation:
+            self._recent.answered((target.topic, target.correlation), payload)
+        self._publish(target, payload)
+        target.ack()
 
     def _publish(self, target: _Target, payload: bytes) -> None:
         props = publish_properties(correlation=target.correlation)
