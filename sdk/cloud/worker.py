@@ -21,7 +21,7 @@ a repeat of a request in flight is dropped, one of a request answered lately get
 same reply again; a device retries once with the same id.
 
 What the broker does with the unacknowledged requests of a worker that is SIGKILLed
-(measured with Mosquitto 2.0.11, ``tests/cloud/test_worker_sigkill.py``):
+(measured with Mosquitto 2.0.11, ``tests/cloud/test_worker_delivery.py``):
 
 - Mosquitto 2.0, clean session (the default here, ``session_expiry_s=0``): they are
   lost; Mosquitto does not hand them to another member of the shared subscription.
@@ -37,6 +37,10 @@ What the broker does with the unacknowledged requests of a worker that is SIGKIL
   subscriptions), so with a clean session a SIGKILL costs a retry at most; a persistent
   session keeps receiving its share while offline, so EMQX's docs advise clean sessions
   for shared subscribers.
+
+Holding acknowledgements has a cost on Mosquitto: ``max_inflight_messages`` (default 20
+per client) caps the requests one worker holds at once, and so its batch size; raise it
+in the broker's configuration for batches above 20.
 """
 
 from __future__ import annotations
