@@ -66,13 +66,23 @@ def test_a_repeated_request_id_is_answered_once_and_a_late_repeat_gets_the_same_
     assert wire.decode(replies[0][1]).kind == "reply"
 
 
-def start_worker(broker, model_dir, worker_id: str, *extra: str) -> tuple[subprocess.Popen, int]:
+def start_worker(broker, model_dir, processes, worker_id: str, *extra: str) -> int:
+    """Start a ``fedge cloud worker`` process (kept in ``processes``) and return its health port once it serves."""
     port = free_port()
     command = [sys.executable, "-m", "sdk.cli", "cloud", "worker", "-m", str(model_dir), "--broker", broker.address]
     command += ["--id", worker_id, "--metrics-port", str(port), *extra]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    poll(lambda: healthy(port), f"worker {worker_id} serving")
-    return proc, port
+    log = Path(broker.log_file).with_name(f"{worker_id}-{len(processes)}.log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    processes.append(proc)
+
+    def serving() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"worker {worker_id} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        return healthy(port)
+
+    poll(serving, f"worker {worker_id} serving")
+    return port
 
 
 def healthy(port: int) -> bool:
@@ -103,9 +113,9 @@ def processes():
 
 def kill_a_worker_holding_three(broker, model_dir, processes, raw, *session: str) -> tuple[list[bytes], list[bytes]]:
     """Start A (holding) and B (answering), send six requests, SIGKILL A; return the keys B answered and A held."""
-    a, a_port = start_worker(broker, model_dir, "wa", *HOLD, *session)
-    b, _ = start_worker(broker, model_dir, "wb", *session)
-    processes.extend([a, b])
+    a_port = start_worker(broker, model_dir, processes, "wa", *HOLD, *session)
+    start_worker(broker, model_dir, processes, "wb", *session)
+    a = processes[-2]
     payload = wire.encode(wire.request("digits", X))
     keys = [raw.send(topics.infer("digits"), payload) for _ in range(6)]
     poll(lambda: queued(a_port) == 3, "A holding three requests in its batch")
@@ -135,8 +145,7 @@ def test_persistent_sessions_a_restarted_worker_answers_what_it_held_when_killed
     try:
         session = ("--session-expiry-s", "60")
         _, held = kill_a_worker_holding_three(broker, model_dir, processes, raw, *session)
-        again, _ = start_worker(broker, model_dir, "wa", *session)  # what a supervisor does; no retry sent
-        processes.append(again)
+        start_worker(broker, model_dir, processes, "wa", *session)  # what a supervisor does; no retry sent
         assert {raw.wait(k).source for k in held} == {"cloud:wa"}  # acknowledged only after the reply: redelivered
     finally:
         raw.close()
