@@ -97,11 +97,12 @@ def worker(
         host, port = parse_address(broker)
         settings = replace(settings, host=host, port=port)
     services = load_services(cloud.model_dirs, cloud.batcher(), providers=cloud.providers)
-    running = InferenceWorker(
-        services, settings, group=cloud.group, worker_id=worker_id, session_expiry_s=cloud.worker_session_expiry_s
-    )
     try:
         with contextlib.ExitStack() as stack:
+            expiry = cloud.worker_session_expiry_s
+            running = InferenceWorker(
+                services, settings, group=cloud.group, worker_id=worker_id, session_expiry_s=expiry
+            )
             if cloud.worker_metrics_port:
                 status = StatusServer(
                     lambda: running.serving, running.metrics, host=cloud.host, port=cloud.worker_metrics_port
