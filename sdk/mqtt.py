@@ -82,9 +82,14 @@ def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def make_client(settings: MqttSettings, client_id: str, *, will: tuple[str, bytes] | None = None) -> mqtt.Client:
-    """A configured, unconnected MQTT v5 client; ``will`` is a retained Last Will (topic, payload)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+def make_client(
+    settings: MqttSettings, client_id: str, *, will: tuple[str, bytes] | None = None, manual_ack: bool = False
+) -> mqtt.Client:
+    """A configured, unconnected MQTT v5 client; ``will`` is a retained Last Will (topic, payload).
+
+    With ``manual_ack`` a QoS 1 message is acknowledged only by ``client.ack(msg.mid, msg.qos)``.
+    """
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
     client.on_socket_open = _no_delay
     client.reconnect_delay_set(min_delay=settings.reconnect_min_s, max_delay=settings.reconnect_max_s)
     if settings.username is not None:
@@ -101,11 +106,21 @@ def make_client(settings: MqttSettings, client_id: str, *, will: tuple[str, byte
     return client
 
 
-def connect(client: mqtt.Client, settings: MqttSettings, *, wait: bool = True) -> None:
+def connect(
+    client: mqtt.Client,
+    settings: MqttSettings,
+    *,
+    wait: bool = True,
+    session_expiry_s: int = 0,
+    start_loop: bool = True,
+) -> None:
     """Start the network loop and connect; with ``wait``, block until the broker accepts.
 
     The loop keeps reconnecting with backoff after a broker restart. Sessions start
-    clean, so subscribe from the client's ``on_connect``: it runs again on every reconnect.
+    clean unless ``session_expiry_s`` > 0 asks the broker to keep this client id's
+    session (subscriptions, unacknowledged messages) that long after a disconnect;
+    subscribe from the client's ``on_connect`` either way: it runs again on every reconnect.
+    Without ``start_loop`` the caller runs the loop itself (``client.loop_forever``) and ``wait`` does nothing.
 
     Raises:
         CloudUnavailable: the broker refused or did not answer within ``connect_timeout_s``.
@@ -123,7 +138,19 @@ def connect(client: mqtt.Client, settings: MqttSettings, *, wait: bool = True) -
             user_on_connect(c, userdata, flags, reason, props)
 
     client.on_connect = on_connect
-    client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s, clean_start=True)
+    props = None
+    if session_expiry_s > 0:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = session_expiry_s
+    client.connect_async(
+        settings.host,
+        settings.port,
+        keepalive=settings.keepalive_s,
+        clean_start=session_expiry_s <= 0,
+        properties=props,
+    )
+    if not start_loop:
+        return
     client.loop_start()
     if wait and not connected.wait(settings.connect_timeout_s):
         client.loop_stop()

@@ -11,6 +11,7 @@ __all__ = [
     "device_replies",
     "device_status",
     "infer",
+    "is_device_replies",
     "release",
     "shared_infer",
 ]
@@ -19,6 +20,7 @@ PREFIX = "fedge/v1"
 #: Every inference request topic, for a worker that serves all models.
 INFER_FILTER = f"{PREFIX}/infer/+"
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DEVICE_REPLIES = re.compile(rf"^{re.escape(PREFIX)}/devices/[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}/replies$")
 
 
 def check_segment(value: str, what: str = "name") -> str:
@@ -42,6 +44,11 @@ def shared_infer(group: str, model: str | None = None) -> str:
 def device_replies(device_id: str) -> str:
     """Where cloud replies for ``device_id`` go (its ResponseTopic)."""
     return f"{PREFIX}/devices/{check_segment(device_id, 'device id')}/replies"
+
+
+def is_device_replies(topic: str) -> bool:
+    """Whether ``topic`` is exactly some device's reply topic (no wildcards, nothing outside that namespace)."""
+    return _DEVICE_REPLIES.fullmatch(topic) is not None
 
 
 def device_status(device_id: str) -> str:

@@ -11,9 +11,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from waiting import PATIENCE_S
 
-from sdk.mqtt import MqttSettings, connect, make_client
+from sdk import wire
+from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
 
-__all__ = ["publish", "subscribed_client"]
+__all__ = ["RawRequester", "publish", "subscribed_client"]
 
 
 def subscribed_client(
@@ -39,3 +40,40 @@ def publish(settings: MqttSettings, topic: str, payloads: list[bytes], *, retain
         info.wait_for_publish(PATIENCE_S)
     client.disconnect()
     client.loop_stop()
+
+
+class RawRequester:
+    """A bare paho client that publishes arbitrary bytes as requests and collects the replies by CorrelationData."""
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self.replies: dict[bytes, wire.Message] = {}
+        self.got = threading.Condition()
+        self.reply_topic = f"fedge/v1/devices/raw-{uuid.uuid4().hex[:6]}/replies"
+        self.client = subscribed_client(settings, self.reply_topic, self._on_message)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.got:
+            self.replies[msg.properties.CorrelationData] = wire.decode(msg.payload)
+            self.got.notify_all()
+
+    def send(self, topic: str, payload: bytes, key: bytes | None = None, *, response_topic: str | None = None) -> bytes:
+        """Publish ``payload`` as a request (QoS 1) and return its CorrelationData."""
+        key = key or uuid.uuid4().hex.encode()
+        props = publish_properties(response_topic=response_topic or self.reply_topic, correlation=key)
+        self.client.publish(topic, payload, qos=1, properties=props).wait_for_publish(PATIENCE_S)
+        return key
+
+    def wait(self, key: bytes, timeout: float = PATIENCE_S) -> wire.Message:
+        """The reply to the request ``key``."""
+        with self.got:
+            assert self.got.wait_for(lambda: key in self.replies, timeout), "no reply"
+            return self.replies[key]
+
+    def ask(self, topic: str, payload: bytes, timeout: float = PATIENCE_S) -> wire.Message:
+        """Publish ``payload`` as a request and wait for its reply."""
+        return self.wait(self.send(topic, payload), timeout)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -7,7 +7,7 @@ the transport benchmarks build a trivial model in a temp dir, and the OTA one ge
 import itertools
 import time
 
-from bench import fallback, http
+from bench import fallback, faults, http
 from bench.harness import Progress, alternating, balanced_order
 
 
@@ -22,6 +22,14 @@ def test_http_benchmark_produces_its_figures():
     report = http.run(seconds=0.5, rounds=1, step=Progress(time.time()))
     assert report["predict_rps"] > 0
     assert report["echo_rps"] > 0
+
+
+def test_faults_benchmark_produces_its_figures():
+    report = faults.run(devices=2, seconds=1.0, per_kind=1, step=Progress(time.time()))
+    assert report["sigkill_calls"] > 0
+    assert report["poisoned_sent"] == len(faults.poisons("fedge/v1/devices/x/replies"))
+    assert report["workers_still_serving"] == report["workers"] == 2
+    assert report["broker_restart_failure_window_s"] >= 0
 
 
 def test_ota_benchmark_produces_its_figures(tmp_path):

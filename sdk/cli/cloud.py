@@ -48,11 +48,11 @@ def _cloud_config(config: Path | None, model_dirs: list[Path] | None, *, need_mo
     return loaded
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
 @cloud_app.command()
@@ -63,16 +63,34 @@ def worker(
     worker_id: Annotated[str | None, typer.Option("--id", help="MQTT client id of this worker.")] = None,
     max_batch_size: BatchOpt = None,
     max_queue_delay_ms: DelayOpt = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /healthz and /metrics on this port (0: off; default \\[cloud] key).")
+    ] = None,
+    session_expiry_s: Annotated[
+        int | None, typer.Option(help="Keep a persistent MQTT session this long (0: clean sessions).")
+    ] = None,
+    unavailable_exit_s: Annotated[
+        float | None, typer.Option(help="Exit non-zero after this long without serving.")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Answer inference requests from the broker's shared subscription until stopped."""
     from sdk.cloud.inference import load_services
+    from sdk.cloud.status_server import StatusServer
     from sdk.cloud.worker import InferenceWorker
+    from sdk.errors import CloudUnavailable
     from sdk.mqtt import MqttSettings, parse_address
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cloud = _cloud_config(
-        config, model_dir, group=group, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms
+        config,
+        model_dir,
+        group=group,
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms,
+        worker_metrics_port=metrics_port,
+        worker_session_expiry_s=session_expiry_s,
+        worker_unavailable_exit_s=unavailable_exit_s,
     )
     settings = MqttSettings.load(config)
     if broker:
@@ -80,11 +98,24 @@ def worker(
         settings = replace(settings, host=host, port=port)
     services = load_services(cloud.model_dirs, cloud.batcher(), providers=cloud.providers)
     try:
-        with InferenceWorker(services, settings, group=cloud.group, worker_id=worker_id) as running:
+        with contextlib.ExitStack() as stack:
+            expiry = cloud.worker_session_expiry_s
+            running = InferenceWorker(
+                services, settings, group=cloud.group, worker_id=worker_id, session_expiry_s=expiry
+            )
+            if cloud.worker_metrics_port:
+                status = StatusServer(
+                    lambda: running.serving, running.metrics, host=cloud.host, port=cloud.worker_metrics_port
+                )
+                stack.enter_context(status)
+            stack.enter_context(running)
             names = ", ".join(f"{s.name} v{s.manifest.version}" for s in services.values())
             where = f"{settings.host}:{settings.port} ({running.subscription})"
             console.print(f"{running.worker_id} serving {names} on {where}")
-            _wait_for_signal()
+            running.watch(_stop_on_signal(), cloud.worker_unavailable_exit_s)
+    except CloudUnavailable as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from None
     finally:
         for service in services.values():
             service.close()

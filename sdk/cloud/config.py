@@ -21,6 +21,9 @@ class CloudConfig:
     ``api_keys`` guards every ``/v1`` route when it is not empty (header ``X-API-Key``);
     ``admin_keys`` guard the registry's writing routes, always (none set: they refuse all).
     Neither appears in ``repr`` or logs. ``FEDGE_CLOUD__API_KEYS=k1,k2`` sets them.
+    ``worker_metrics_port`` serves a worker's ``/healthz`` and ``/metrics`` (0: off);
+    ``worker_session_expiry_s`` > 0 gives workers persistent MQTT sessions; a worker that
+    has not served for ``worker_unavailable_exit_s`` exits non-zero for its supervisor to restart.
     """
 
     model_dirs: tuple[Path, ...] = ()
@@ -38,9 +41,15 @@ class CloudConfig:
     keys_dir: Path | None = None
     registry_url: str = ""
     store_dir: Path | None = None
+    worker_metrics_port: int = 0
+    worker_session_expiry_s: int = 0
+    worker_unavailable_exit_s: float = 60.0
 
     def __post_init__(self) -> None:
         check(1 <= self.port <= 65535, "port", f"must be within 1..65535, got {self.port}")
+        check(0 <= self.worker_metrics_port <= 65535, "worker_metrics_port", "must be within 0..65535 (0: off)")
+        check(0 <= self.worker_session_expiry_s <= 86400, "worker_session_expiry_s", "must be within 0..86400")
+        check(self.worker_unavailable_exit_s > 0, "worker_unavailable_exit_s", "must be > 0")
         check(1024 <= self.max_body_bytes <= 1 << 30, "max_body_bytes", "must be within 1 KiB..1 GiB")
         check(all(len(k) >= 16 for k in self.api_keys), "api_keys", "every key must have at least 16 characters")
         check(all(len(k) >= 16 for k in self.admin_keys), "admin_keys", "every key must have at least 16 characters")

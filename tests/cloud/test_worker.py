@@ -6,7 +6,7 @@ import uuid
 
 import numpy as np
 import pytest
-from peers import subscribed_client
+from peers import RawRequester
 from waiting import PATIENCE_S, poll
 
 from sdk import topics, wire
@@ -17,40 +17,13 @@ from sdk.edge import EdgeConfig, EdgeRuntime
 from sdk.edge.breaker import CircuitBreaker
 from sdk.edge.cloud_client import CloudClient
 from sdk.errors import CloudUnavailable, DeadlineExceeded, Overloaded, RemoteError, UnknownModel
-from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
+from sdk.mqtt import MqttSettings, connect, make_client
 
 
 @pytest.fixture
 def client(cloud):
     with CloudClient(cloud.settings, device_id=f"t-{uuid.uuid4().hex[:8]}") as c:
         yield c
-
-
-class RawRequester:
-    """A bare paho client that publishes arbitrary bytes as requests and collects the replies."""
-
-    def __init__(self, settings):
-        self.replies: dict[bytes, wire.Message] = {}
-        self.got = threading.Condition()
-        self.reply_topic = f"fedge/v1/devices/raw-{uuid.uuid4().hex[:6]}/replies"
-        self.client = subscribed_client(settings, self.reply_topic, self._on_message)
-
-    def _on_message(self, client, userdata, msg):
-        with self.got:
-            self.replies[msg.properties.CorrelationData] = wire.decode(msg.payload)
-            self.got.notify_all()
-
-    def ask(self, topic: str, payload: bytes, timeout: float = PATIENCE_S) -> wire.Message:
-        key = uuid.uuid4().hex.encode()
-        props = publish_properties(response_topic=self.reply_topic, correlation=key)
-        self.client.publish(topic, payload, qos=1, properties=props)
-        with self.got:
-            assert self.got.wait_for(lambda: key in self.replies, timeout), "no reply"
-            return self.replies[key]
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def test_reply_equals_the_fp32_model(cloud, client, model_dir, digits_split):
