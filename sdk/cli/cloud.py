@@ -33,6 +33,13 @@ BatchOpt = Annotated[int | None, typer.Option("--max-batch-size", help="Largest 
 DelayOpt = Annotated[
     float | None, typer.Option("--max-queue-delay-ms", help="Wait this long to fill a batch (0: run when free).")
 ]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="ONNX Runtime threads per batch (0: one per core; default 1).")
+]
+SpinOpt = Annotated[
+    bool | None,
+    typer.Option("--spin/--no-spin", help="Let idle engine threads spin-wait for the next batch (default: no)."),
+]
 
 
 def _cloud_config(config: Path | None, model_dirs: list[Path] | None, *, need_models: bool = True, **overrides: object):
@@ -46,6 +53,24 @@ def _cloud_config(config: Path | None, model_dirs: list[Path] | None, *, need_mo
     if need_models and not loaded.model_dirs:
         raise typer.BadParameter("give at least one --model-dir (or [cloud] model_dirs)", param_hint="--model-dir")
     return loaded
+
+
+def _load_services(cloud):
+    from sdk.cloud.inference import load_services
+
+    return load_services(
+        cloud.model_dirs,
+        cloud.batcher(),
+        providers=cloud.providers,
+        intra_op_threads=cloud.intra_op_threads,
+        allow_spinning=cloud.allow_spinning,
+    )
+
+
+def _engine(services) -> str:
+    """The engine settings as the loaded sessions report them, e.g. ``1 thread(s), no spinning``."""
+    built = {(s.model.backend.num_threads, s.model.backend.allow_spinning) for s in services.values()}
+    return "; ".join(f"{n} thread(s), {'spinning' if spin else 'no spinning'}" for n, spin in sorted(built))
 
 
 def _wait_for_signal() -> None:
@@ -63,27 +88,34 @@ def worker(
     worker_id: Annotated[str | None, typer.Option("--id", help="MQTT client id of this worker.")] = None,
     max_batch_size: BatchOpt = None,
     max_queue_delay_ms: DelayOpt = None,
+    threads: ThreadsOpt = None,
+    spin: SpinOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Answer inference requests from the broker's shared subscription until stopped."""
-    from sdk.cloud.inference import load_services
     from sdk.cloud.worker import InferenceWorker
     from sdk.mqtt import MqttSettings, parse_address
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cloud = _cloud_config(
-        config, model_dir, group=group, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms
+        config,
+        model_dir,
+        group=group,
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms,
+        intra_op_threads=threads,
+        allow_spinning=spin,
     )
     settings = MqttSettings.load(config)
     if broker:
         host, port = parse_address(broker)
         settings = replace(settings, host=host, port=port)
-    services = load_services(cloud.model_dirs, cloud.batcher(), providers=cloud.providers)
+    services = _load_services(cloud)
     try:
         with InferenceWorker(services, settings, group=cloud.group, worker_id=worker_id) as running:
             names = ", ".join(f"{s.name} v{s.manifest.version}" for s in services.values())
             where = f"{settings.host}:{settings.port} ({running.subscription})"
-            console.print(f"{running.worker_id} serving {names} on {where}")
+            console.print(f"{running.worker_id} serving {names} on {where}; engine: {_engine(services)}")
             _wait_for_signal()
     finally:
         for service in services.values():
@@ -108,7 +140,6 @@ def serve(
     import uvicorn
 
     from sdk.cloud.app import create_app
-    from sdk.cloud.inference import load_services
 
     cloud = _cloud_config(
         config,
@@ -125,7 +156,7 @@ def serve(
     )
     if not cloud.model_dirs and not cloud.registry_url:
         raise typer.BadParameter("give --model-dir to serve models, or --registry-url to run the registry")
-    services = load_services(cloud.model_dirs, cloud.batcher(), providers=cloud.providers)
+    services = _load_services(cloud)
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: [s.close() for s in services.values()])
         registry = None

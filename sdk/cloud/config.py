@@ -21,6 +21,10 @@ class CloudConfig:
     ``api_keys`` guards every ``/v1`` route when it is not empty (header ``X-API-Key``);
     ``admin_keys`` guard the registry's writing routes, always (none set: they refuse all).
     Neither appears in ``repr`` or logs. ``FEDGE_CLOUD__API_KEYS=k1,k2`` sets them.
+
+    ``intra_op_threads`` is the threads ONNX Runtime runs one batch on (0: one per core) and
+    ``allow_spinning`` whether its idle pool threads spin-wait for the next batch; one thread
+    that does not spin lets one worker process per core scale (README, "Workers per core").
     """
 
     model_dirs: tuple[Path, ...] = ()
@@ -31,6 +35,8 @@ class CloudConfig:
     max_body_bytes: int = wire.DEFAULT_MAX_BYTES
     group: str = "cloud"
     providers: tuple[str, ...] = ("cuda", "cpu")
+    intra_op_threads: int = 1
+    allow_spinning: bool = False
     max_batch_size: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue: int = 1024
@@ -48,6 +54,11 @@ class CloudConfig:
             topics.check_segment(self.group, "group")
         except ValueError as exc:
             check(False, "group", str(exc))
+        check(
+            0 <= self.intra_op_threads <= 256,
+            "intra_op_threads",
+            f"must be within 0..256 (0 = one per core), got {self.intra_op_threads}",
+        )
         self.batcher()  # validates the batching keys, naming them
 
     def batcher(self) -> BatcherConfig:

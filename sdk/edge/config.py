@@ -23,7 +23,9 @@ class EdgeConfig:
 
     ``artifacts`` is the order in which artifact kinds are tried; ``backend`` limits
     the choice to one engine; ``providers`` is ONNX Runtime's execution-provider
-    preference (aliases ``tensorrt``, ``cuda``, ``cpu`` or full names).
+    preference (aliases ``tensorrt``, ``cuda``, ``cpu`` or full names). ``allow_spinning``
+    lets ONNX Runtime's idle pool threads spin-wait for the next call (its own default): a
+    little latency for back-to-back calls, a busy core between them, so it is off.
 
     ``fallback`` is the cloud policy (see :mod:`sdk.edge.fallback`); it applies when the
     runtime has a cloud client. ``confidence_threshold`` overrides the manifest's calibrated
@@ -39,6 +41,7 @@ class EdgeConfig:
     backend: Literal["auto", "onnxruntime", "litert"] = "auto"
     providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
     num_threads: int = 0
+    allow_spinning: bool = False
     nan_policy: Literal["reject", "allow"] = "reject"
     strict_dtype: bool = False
     max_batch_size: int = 256

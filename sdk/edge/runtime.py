@@ -93,6 +93,7 @@ def load_model(model_dir: str | os.PathLike[str], config: EdgeConfig) -> LoadedM
                 artifact.kind,
                 providers=config.providers,
                 num_threads=config.num_threads,
+                allow_spinning=config.allow_spinning,
                 cache_dir=config.cache_dir,
             )
         except BackendUnavailable as exc:
