@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from sdk.edge.backoff import Backoff
 from sdk.mqtt import MqttSettings
 
-__all__ = ["SelectorLoop", "raise_fd_limit"]
+__all__ = ["MISC_INTERVAL_S", "SelectorLoop", "raise_fd_limit"]
 
 log = logging.getLogger("fedge.mqtt_loop")
 
