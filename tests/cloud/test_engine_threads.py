@@ -5,7 +5,8 @@ import pytest
 
 from sdk.cloud.config import CloudConfig
 from sdk.cloud.inference import InferenceService
-from sdk.edge import EdgeConfig, EdgeRuntime
+from sdk.edge import EdgeConfig
+from sdk.edge.runtime import load_model
 from sdk.errors import ConfigError
 
 
@@ -29,9 +30,13 @@ def test_thread_and_spinning_settings_reach_the_session(model_dir):
         svc.close()
 
 
-def test_the_device_does_not_spin_by_default(model_dir):
-    with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=("onnx-int8",))) as rt:
-        assert rt._model.backend.allow_spinning is False
+def test_the_device_does_not_spin_by_default_and_may_ask_to(model_dir):
+    for config, spins in ((EdgeConfig(artifacts=("onnx-int8",)), False), (EdgeConfig(allow_spinning=True), True)):
+        model = load_model(model_dir, config)
+        try:
+            assert model.backend.allow_spinning is spins
+        finally:
+            model.close()
 
 
 @pytest.mark.parametrize(
