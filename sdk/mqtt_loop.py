@@ -133,7 +133,7 @@ class SelectorLoop:
     def close(self, timeout_s: float = 5.0) -> None:
         """Disconnect every client, wait up to ``timeout_s`` for their sockets to close, stop the thread."""
         if self._thread is None:
-            self._selector.close()
+            self._release()
             return
         drained = threading.Event()
 
@@ -151,6 +151,9 @@ class SelectorLoop:
         self.call_soon(lambda: None)
         self._thread.join(timeout_s)
         self._thread = None
+        self._release()
+
+    def _release(self) -> None:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
