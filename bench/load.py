@@ -34,7 +34,17 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from rich.console import Console
 
-from bench.harness import Progress, command_line, figures_table, percentiles_us, process_cpu_s, ratio, start
+from bench.fallback import RawEcho
+from bench.harness import (
+    Progress,
+    command_line,
+    figures_table,
+    percentiles_us,
+    process_cpu_s,
+    ratio,
+    start,
+    wait_until,
+)
 from sdk import topics, wire
 from sdk.edge.cloud_client import CloudClient
 from sdk.errors import CloudError
@@ -283,7 +293,9 @@ def run(settings: Settings, step: Progress, model_dir: Path | None = None) -> di
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {devices.subscribed()} of {settings.devices} devices subscribed")
             time.sleep(0.05)
-        time.sleep(1.0)  # the echo process's subscription
+        echo_probe = RawEcho(mqtt_settings)
+        wait_until(lambda: echo_probe.call(payload, 0.5), "the echo process")
+        echo_probe.close()
 
         def measured(name: str, body: Callable[[Phase], Phase], seconds: float) -> None:
             phase = Phase(name, seconds)
