@@ -34,7 +34,6 @@ from bench.harness import Progress, alternating, command_line, figures_table, pe
 from bench.mobilenet import MobileNetSpec, add_cache_arguments, chosen_cache_root, mobilenet_dir
 from sdk.cloud.batching import BatcherConfig
 from sdk.cloud.inference import InferenceService
-from sdk.edge.config import EdgeConfig
 
 __all__ = ["Phase", "main", "raw_throughput", "run", "serve_clients"]
 
@@ -125,7 +124,7 @@ def run(quick: bool, cache_root: Path | None, step: Progress) -> dict[str, Any]:
         chosen = max(1, round(summary([serve_clients(services["dynamic"], images, CLIENTS, seconds)])["mean_batch"]))
         model = services["dynamic"].model
         providers = model.backend.devices
-        threads = EdgeConfig().num_threads  # what from_model_dir loads with
+        threads = model.backend.num_threads  # what the service's session was built with
         run_raw = raw_session(model.directory / model.artifact.file, num_threads=threads, providers=providers)
         run_raw(images[:chosen])
 

@@ -80,14 +80,20 @@ FULL = Settings(
 
 
 def raw_session(
-    path: Path, num_threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",)
+    path: Path,
+    num_threads: int = 1,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    allow_spinning: bool = False,
 ) -> Callable[[np.ndarray], list[np.ndarray]]:
     """A bare ``InferenceSession.run`` on ``providers`` with the session options the SDK's ORT backend uses."""
     import onnxruntime as ort
 
+    from sdk.backends.ort import SPINNING_KEY
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry(SPINNING_KEY, "1" if allow_spinning else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=list(providers))

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "figures_table",
     "interleaved_medians",
     "percentiles_us",
+    "process_cpu_s",
     "ratio",
     "start",
     "stdout_to_stderr",
@@ -126,6 +128,13 @@ def ratio(numerator: float, denominator: float) -> float:
 def percentiles_us(samples_s: list[float], *qs: float) -> list[float]:
     """Percentiles ``qs`` of durations in seconds, in microseconds rounded to 0.1."""
     return [round(float(v) * 1e6, 1) for v in np.percentile(np.asarray(samples_s), qs)]
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used so far, from ``/proc/<pid>/stat`` (Linux)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name in parentheses may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def figures_table(

@@ -34,13 +34,16 @@ class LoadOptions:
 
     ``artifacts`` is the order in which artifact kinds are tried; ``backend`` limits
     the choice to one engine; ``providers`` is ONNX Runtime's execution-provider
-    preference (aliases ``tensorrt``, ``cuda``, ``cpu`` or full names).
+    preference (aliases ``tensorrt``, ``cuda``, ``cpu`` or full names). ``allow_spinning``
+    lets ONNX Runtime's idle pool threads spin-wait for the next call (its own default): a
+    little latency for back-to-back calls, a busy core between them, so it is off.
     """
 
     artifacts: tuple[str, ...] = ("onnx-int8", "onnx-fp32", "tflite")
     backend: Literal["auto", "onnxruntime", "litert"] = "auto"
     providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
     num_threads: int = 0
+    allow_spinning: bool = False
     nan_policy: Literal["reject", "allow"] = "reject"
     strict_dtype: bool = False
     max_batch_size: int = 256
@@ -114,6 +117,7 @@ def load_model(model_dir: str | os.PathLike[str], config: LoadOptions) -> Loaded
                 artifact.kind,
                 providers=config.providers,
                 num_threads=config.num_threads,
+                allow_spinning=config.allow_spinning,
                 cache_dir=config.cache_dir,
             )
         except BackendUnavailable as exc:

@@ -58,3 +58,18 @@ def test_alternating_runs_each_phase_once_per_round():
     results = alternating({name: lambda name=name: calls.append(name) or name for name in "xyz"}, rounds=4)
     assert results == {name: [name] * 4 for name in "xyz"}
     assert calls[:6] == ["x", "y", "z", "z", "y", "x"]
+
+
+def test_load_benchmark_produces_its_figures(model_dir):
+    from bench import load
+
+    settings = load.Settings(devices=20, seconds=1.0, saturate_seconds=1.0, rate=5.0, threads=1, spin=False)
+    report = load.run(settings, Progress(time.time()), model_dir)
+    assert report["devices"] == 20
+    for phase in ("echo_steady", "workers1_steady", "workers2_steady"):
+        assert report["phases"][phase]["sent"] > 0
+        assert report["phases"][phase]["answered"] > 0
+    assert report["phases"]["workers2_steady"]["sent"] <= 20 * 5 + 20  # each device keeps its own rate
+    assert report["capacity_1w_rps"] > 0
+    assert report["scaling_2w_over_1w"] > 0
+    assert set(report["meets_targets"]) == {"error_rate"}

@@ -18,6 +18,7 @@ def open_backend(
     *,
     providers: Sequence[str] = ("cpu",),
     num_threads: int = 0,
+    allow_spinning: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Backend:
     """Load the model file ``path`` of artifact ``kind`` in the engine that runs it."""
@@ -25,7 +26,9 @@ def open_backend(
     if engine == "onnxruntime":
         from sdk.backends.ort import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, providers=providers, num_threads=num_threads, cache_dir=cache_dir)
+        return OnnxRuntimeBackend(
+            path, providers=providers, num_threads=num_threads, allow_spinning=allow_spinning, cache_dir=cache_dir
+        )
     if engine == "litert":
         from sdk.backends.litert import LiteRTBackend
 

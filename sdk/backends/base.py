@@ -29,6 +29,8 @@ class Backend(abc.ABC):
     devices: tuple[str, ...]
     #: Threads the engine runs one call on, as the engine was built with them (0: the engine's default).
     num_threads: int = 0
+    #: Whether the engine's idle pool threads spin-wait for the next call, as built (ONNX Runtime only).
+    allow_spinning: bool = False
 
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:

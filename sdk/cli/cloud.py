@@ -33,6 +33,13 @@ BatchOpt = Annotated[int | None, typer.Option("--max-batch-size", help="Largest 
 DelayOpt = Annotated[
     float | None, typer.Option("--max-queue-delay-ms", help="Wait this long to fill a batch (0: run when free).")
 ]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="ONNX Runtime threads per batch (0: one per core; default 1).")
+]
+SpinOpt = Annotated[
+    bool | None,
+    typer.Option("--spin/--no-spin", help="Let idle engine threads spin-wait for the next batch (default: no)."),
+]
 
 
 def _cloud_config(config: Path | None, model_dirs: list[Path] | None, *, need_models: bool = True, **overrides: object):
@@ -46,6 +53,24 @@ def _cloud_config(config: Path | None, model_dirs: list[Path] | None, *, need_mo
     if need_models and not loaded.model_dirs:
         raise typer.BadParameter("give at least one --model-dir (or [cloud] model_dirs)", param_hint="--model-dir")
     return loaded
+
+
+def _load_services(cloud):
+    from sdk.cloud.inference import load_services
+
+    return load_services(
+        cloud.model_dirs,
+        cloud.batcher(),
+        providers=cloud.providers,
+        intra_op_threads=cloud.intra_op_threads,
+        allow_spinning=cloud.allow_spinning,
+    )
+
+
+def _engine(services) -> str:
+    """The engine settings as the loaded sessions report them, e.g. ``1 thread(s), no spinning``."""
+    built = {(s.model.backend.num_threads, s.model.backend.allow_spinning) for s in services.values()}
+    return "; ".join(f"{n} thread(s), {'spinning' if spin else 'no spinning'}" for n, spin in sorted(built))
 
 
 def _stop_on_signal() -> threading.Event:
@@ -72,10 +97,11 @@ def worker(
     unavailable_exit_s: Annotated[
         float | None, typer.Option(help="Exit non-zero after this long without serving.")
     ] = None,
+    threads: ThreadsOpt = None,
+    spin: SpinOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Answer inference requests from the broker's shared subscription until stopped."""
-    from sdk.cloud.inference import load_services
     from sdk.cloud.status_server import StatusServer
     from sdk.cloud.worker import InferenceWorker
     from sdk.errors import CloudUnavailable
@@ -91,12 +117,14 @@ def worker(
         worker_metrics_port=metrics_port,
         worker_session_expiry_s=session_expiry_s,
         worker_unavailable_exit_s=unavailable_exit_s,
+        intra_op_threads=threads,
+        allow_spinning=spin,
     )
     settings = MqttSettings.load(config)
     if broker:
         host, port = parse_address(broker)
         settings = replace(settings, host=host, port=port)
-    services = load_services(cloud.model_dirs, cloud.batcher(), providers=cloud.providers)
+    services = _load_services(cloud)
     try:
         with contextlib.ExitStack() as stack:
             expiry = cloud.worker_session_expiry_s
@@ -111,7 +139,7 @@ def worker(
             stack.enter_context(running)
             names = ", ".join(f"{s.name} v{s.manifest.version}" for s in services.values())
             where = f"{settings.host}:{settings.port} ({running.subscription})"
-            console.print(f"{running.worker_id} serving {names} on {where}")
+            console.print(f"{running.worker_id} serving {names} on {where}; engine: {_engine(services)}")
             running.watch(_stop_on_signal(), cloud.worker_unavailable_exit_s)
     except CloudUnavailable as exc:
         console.print(f"[red]{exc}[/]")
@@ -139,7 +167,6 @@ def serve(
     import uvicorn
 
     from sdk.cloud.app import create_app
-    from sdk.cloud.inference import load_services
 
     cloud = _cloud_config(
         config,
@@ -156,7 +183,7 @@ def serve(
     )
     if not cloud.model_dirs and not cloud.registry_url:
         raise typer.BadParameter("give --model-dir to serve models, or --registry-url to run the registry")
-    services = load_services(cloud.model_dirs, cloud.batcher(), providers=cloud.providers)
+    services = _load_services(cloud)
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: [s.close() for s in services.values()])
         registry = None

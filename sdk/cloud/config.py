@@ -24,6 +24,10 @@ class CloudConfig:
     ``worker_metrics_port`` serves a worker's ``/healthz`` and ``/metrics`` (0: off);
     ``worker_session_expiry_s`` > 0 gives workers persistent MQTT sessions; a worker that
     has not served for ``worker_unavailable_exit_s`` exits non-zero for its supervisor to restart.
+
+    ``intra_op_threads`` is the threads ONNX Runtime runs one batch on (0: one per core) and
+    ``allow_spinning`` whether its idle pool threads spin-wait for the next batch; one thread
+    that does not spin lets one worker process per core scale (README, "Workers per core").
     """
 
     model_dirs: tuple[Path, ...] = ()
@@ -34,6 +38,8 @@ class CloudConfig:
     max_body_bytes: int = wire.DEFAULT_MAX_BYTES
     group: str = "cloud"
     providers: tuple[str, ...] = ("cuda", "cpu")
+    intra_op_threads: int = 1
+    allow_spinning: bool = False
     max_batch_size: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue: int = 1024
@@ -57,6 +63,11 @@ class CloudConfig:
             topics.check_segment(self.group, "group")
         except ValueError as exc:
             check(False, "group", str(exc))
+        check(
+            0 <= self.intra_op_threads <= 256,
+            "intra_op_threads",
+            f"must be within 0..256 (0 = one per core), got {self.intra_op_threads}",
+        )
         self.batcher()  # validates the batching keys, naming them
 
     def batcher(self) -> BatcherConfig:

@@ -42,10 +42,17 @@ class InferenceService:
         config: BatcherConfig | None = None,
         *,
         providers: tuple[str, ...] = ("cuda", "cpu"),
+        intra_op_threads: int = 1,
+        allow_spinning: bool = False,
         metrics: ServiceMetrics | None = None,
     ) -> InferenceService:
-        """Load the fp32 ONNX artifact (CUDA when present, else CPU), verified and smoke-tested."""
-        options = LoadOptions(artifacts=("onnx-fp32",), providers=providers)
+        """Load the fp32 ONNX artifact (CUDA when present, else CPU), verified and smoke-tested.
+
+        ``intra_op_threads`` and ``allow_spinning`` are the engine's (see ``[cloud]`` in CloudConfig).
+        """
+        options = LoadOptions(
+            artifacts=("onnx-fp32",), providers=providers, num_threads=intra_op_threads, allow_spinning=allow_spinning
+        )
         return cls(load_model(model_dir, options), config, metrics=metrics)
 
     @property
@@ -87,13 +94,22 @@ def load_services(
     config: BatcherConfig | None = None,
     *,
     providers: tuple[str, ...] = ("cuda", "cpu"),
+    intra_op_threads: int = 1,
+    allow_spinning: bool = False,
     metrics: ServiceMetrics | None = None,
 ) -> Mapping[str, InferenceService]:
     """One service per model directory, keyed by model name; a name given twice is an error."""
     services: dict[str, InferenceService] = {}
     try:
         for model_dir in model_dirs:
-            service = InferenceService.from_model_dir(model_dir, config, providers=providers, metrics=metrics)
+            service = InferenceService.from_model_dir(
+                model_dir,
+                config,
+                providers=providers,
+                intra_op_threads=intra_op_threads,
+                allow_spinning=allow_spinning,
+                metrics=metrics,
+            )
             if service.name in services:
                 service.close()
                 raise ValueError(f"two model directories serve the model {service.name!r}")

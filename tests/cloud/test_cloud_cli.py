@@ -1,6 +1,7 @@
 """``fedge cloud worker`` and ``fedge cloud serve`` as the separate processes a platform team runs."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,3 +105,26 @@ def test_model_dir_is_required(command, tmp_path):
     proc = Fedge(tmp_path, "cloud", command)
     assert proc.wait() == 2
     assert "--model-dir" in proc.output
+
+
+def _first_answer(client: CloudClient, proc: Fedge):
+    def answered():
+        try:
+            return client.infer("digits", np.zeros((1, 8, 8), np.float32), timeout_s=1)
+        except CloudError:
+            assert proc.alive(), proc.output
+            return None
+
+    return poll(answered, "an answer from the worker process")
+
+
+def test_worker_flags_reach_the_engine(broker, model_dir, tmp_path):
+    args = ("cloud", "worker", "-m", str(model_dir), "--broker", broker.address, "--threads", "2", "--spin")
+    proc = Fedge(tmp_path, *args)
+    try:
+        with CloudClient(MqttSettings.from_address(broker.address), device_id="flags-device") as client:
+            _first_answer(client, proc)
+    finally:
+        assert proc.stop() == 0
+    # What the loaded session reports, read back from ONNX Runtime (rich may wrap the line).
+    assert re.search(r"engine:\s+2\s+thread\(s\),\s+spinning", proc.output), proc.output
