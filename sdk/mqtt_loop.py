@@ -28,7 +28,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from sdk.edge.backoff import Backoff
+from sdk.backoff import Backoff
 from sdk.mqtt import MqttSettings
 
 __all__ = ["MISC_INTERVAL_S", "SelectorLoop", "raise_fd_limit"]

@@ -51,9 +51,9 @@ def run(
     ] = None,
 ) -> None:
     """Serve predictions on this device and keep its model current, until stopped."""
+    from sdk.backoff import Backoff
     from sdk.edge import EdgeConfig, EdgeRuntime
     from sdk.edge.background import CheckSchedule
-    from sdk.edge.backoff import Backoff
     from sdk.edge.cloud_client import CloudClient
     from sdk.edge.config import LOG_LEVELS
     from sdk.edge.install import ModelStore

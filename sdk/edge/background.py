@@ -2,7 +2,7 @@
 
 A device's update checks run in one daemon thread (:class:`CheckWorker`): at start, when
 poked (an MQTT release notice), and when the last check's result asks (``next_check_in``: the
-updater's ``retry_after_s``, from :class:`sdk.edge.backoff.Backoff`), else every ``every_s``.
+updater's ``retry_after_s``, from :class:`sdk.backoff.Backoff`), else every ``every_s``.
 Whatever a check raises (a bug: the updater reports its failures as outcomes) is logged on one
 line with its type, counted, and retried after the schedule's backoff; the thread goes on.
 Pokes are coalesced: however many arrive, two checks start at least ``min_interval_s``
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdk.backoff import Backoff
 from sdk.config import check
-from sdk.edge.backoff import Backoff
 
 __all__ = ["CheckSchedule", "CheckWorker", "next_due"]
 

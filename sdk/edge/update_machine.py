@@ -37,7 +37,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from sdk.edge.backoff import Backoff
+from sdk.backoff import Backoff
 from sdk.errors import (
     BackendUnavailable,
     DeviceResourceError,

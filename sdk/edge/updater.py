@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdk.backoff import Backoff
 from sdk.config import check as check_config
 from sdk.config import load_section
-from sdk.edge.backoff import Backoff
 from sdk.edge.config import EdgeConfig
 from sdk.edge.install import ModelStore
 from sdk.edge.rollout import in_rollout

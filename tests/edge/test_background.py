@@ -7,8 +7,8 @@ import math
 import pytest
 from waiting import poll
 
+from sdk.backoff import Backoff
 from sdk.edge.background import CheckSchedule, CheckWorker, next_due
-from sdk.edge.backoff import Backoff
 from sdk.errors import ConfigError
 
 

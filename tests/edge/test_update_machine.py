@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdk.edge.backoff import Backoff
+from sdk.backoff import Backoff
 from sdk.edge.update_machine import HealthRules, Release, State, UpdateMachine, choose_release
 from sdk.errors import (
     DeviceResourceError,

@@ -16,9 +16,9 @@ from peers import publish
 from waiting import PATIENCE_S, poll
 
 from sdk import topics
+from sdk.backoff import Backoff
 from sdk.edge import EdgeConfig
 from sdk.edge.background import CheckSchedule
-from sdk.edge.backoff import Backoff
 from sdk.edge.install import ModelStore
 from sdk.edge.status import DeviceLink
 from sdk.edge.updater import open_installed
@@ -143,7 +143,7 @@ def test_last_will_marks_a_vanished_device_offline(broker):
 
 KILL_SCRIPT = """
 import os, signal, sys
-from sdk.edge.backoff import Backoff
+from sdk.backoff import Backoff
 from sdk.edge.background import CheckSchedule
 from sdk.edge.install import ModelStore
 from sdk.edge.updater import ModelUpdater, UpdateConfig
