@@ -57,8 +57,12 @@ class Mosquitto:
         extra_config: str = "",
         workdir: str | os.PathLike[str] | None = None,
         config_dir: str | os.PathLike[str] | None = None,
+        tcp_nodelay: bool = True,
     ):
-        """A stopped broker; ``config_dir`` (from ``fedge broker init``) runs its TLS, accounts and ACL."""
+        """A stopped broker; ``config_dir`` (from ``fedge broker init``) runs its TLS, accounts and ACL.
+
+        ``tcp_nodelay=False`` runs a stock broker (Nagle's algorithm on), for benchmarks that show its cost.
+        """
         self.host = "127.0.0.1"
         self.port = port or free_port()
         #: Every listener's port, in the config's order (the first is ``port``).
@@ -73,14 +77,14 @@ class Mosquitto:
             secured = (Path(config_dir) / "mosquitto.conf").read_text()
             self.config_file.write_text(self._on_loopback(secured) + extra_config)
         else:
-            self.config_file.write_text(self._plain_config() + extra_config)
+            self.config_file.write_text(self._plain_config(tcp_nodelay) + extra_config)
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def _plain_config(self) -> str:
+    def _plain_config(self, tcp_nodelay: bool) -> str:
         return (
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
-            "set_tcp_nodelay true\n"
+            f"set_tcp_nodelay {'true' if tcp_nodelay else 'false'}\n"
             "persistence false\n"
             "max_queued_messages 10000\n"
             "log_dest stderr\n"

@@ -50,3 +50,12 @@ def test_alternating_runs_each_phase_once_per_round():
     results = alternating({name: lambda name=name: calls.append(name) or name for name in "xyz"}, rounds=4)
     assert results == {name: [name] * 4 for name in "xyz"}
     assert calls[:6] == ["x", "y", "z", "z", "y", "x"]
+
+
+def test_broker_benchmark_produces_its_figures():
+    from bench import broker
+
+    report = broker.run(rounds=10, warmup=1, step=Progress(time.time()))
+    assert report["rounds"] == 10
+    assert report["tls_ratio_p50"] > 0
+    assert report["stock_ratio_p50"] > 0
