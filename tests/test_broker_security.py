@@ -263,3 +263,16 @@ def test_a_device_and_a_worker_serve_over_tls_and_a_release_notice_reaches_the_d
         poll(lambda: link.notices >= 1, "the release notice at the device")
         poll(lambda: any(b'"step": "idle"' in s for s in seen), "the device's status at the release service")
     _close(statuses)
+
+
+def test_the_demo_cloud_stage_runs_through_a_secured_broker(model_dir, digits_split, tmp_path):
+    from sdk.cli.demo import cloud_stage
+
+    n = 40
+    records = cloud_stage(model_dir, digits_split.x_test[:n], digits_split.y_test[:n], 0.999, tmp_path / "broker")
+
+    sources = [source for source, _, _ in records]
+    assert len(sources) == n + 20  # then 20 more calls with the workers stopped
+    assert "cloud" in sources[:n]  # answers came back from the two workers over TLS
+    assert "cloud" not in sources[n:]
+    assert "allow_anonymous false" in (tmp_path / "broker" / "mosquitto.conf").read_text()
