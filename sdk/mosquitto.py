@@ -13,6 +13,7 @@ import getpass
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -150,6 +151,11 @@ class Mosquitto:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+    def reload(self) -> None:
+        """Make the broker re-read its password and ACL files (SIGHUP)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGHUP)
 
     def restart(self, down_for: float = 0.0) -> None:
         """Stop, stay down ``down_for`` seconds, and start again on the same port."""

@@ -193,6 +193,21 @@ def test_the_broker_refuses_clients_without_a_valid_account(secured, who):
     assert _connack(device) == "Success"
 
 
+def test_add_device_lets_a_new_device_in_after_a_reload(secured):
+    add = [*FEDGE, "broker", "add-device", "--dir", str(secured.layout.root), "--device"]
+    result = subprocess.run([*add, "pi-new"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert secured.layout.password("pi-new") not in result.stdout
+    refused = subprocess.run([*add, "pi-a"], capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 2
+    assert "already has an account" in refused.stderr
+
+    secured.broker.reload()
+
+    poll(lambda: _connack(secured.as_("pi-new")) == "Success", "the new device's login after the reload")
+    assert _connack(secured.as_("pi-a")) == "Success"
+
+
 def test_a_device_cannot_read_another_devices_replies(secured):
     snoop, snooped = _collector(secured.as_("pi-a"), topics.device_replies("pi-b"))  # the SUBACK grants it
     own, own_got = _collector(secured.as_("pi-a"), topics.device_replies("pi-a"))

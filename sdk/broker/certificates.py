@@ -15,7 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sdk.broker.secret_files import write_secret
 
-__all__ = ["DEFAULT_HOSTS", "Authority", "new_authority"]
+__all__ = ["DEFAULT_HOSTS", "Authority", "load_authority", "new_authority"]
 
 #: Names the server certificate always covers, so that a broker on this machine is reachable by them.
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
@@ -129,3 +129,11 @@ def new_authority(common_name: str = "Fedge broker CA") -> Authority:
         .sign(key, hashes.SHA256())
     )
     return Authority(key, certificate)
+
+
+def load_authority(cert_path: Path, key_path: Path) -> Authority:
+    """The CA that :meth:`Authority.write` saved."""
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path} is not an EC private key")
+    return Authority(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))

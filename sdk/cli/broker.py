@@ -66,6 +66,26 @@ def init(
         console.print(line, highlight=False, soft_wrap=True)
 
 
+@broker_app.command("add-device")
+def add_device(
+    directory: Annotated[Path, typer.Option("--dir", help="A directory that fedge broker init wrote.")],
+    device: Annotated[list[str], typer.Option("--device", help="Device id to create an account for (repeat).")],
+) -> None:
+    """Add device accounts to a broker directory; then reload the broker (kill -HUP its pid)."""
+    from sdk.broker.provision import add_devices
+
+    try:
+        layout = add_devices(directory, device)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dir") from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--device") from None
+    for account in device:
+        line = f"{account}: {layout.client_config(account)}, password in {layout.client_secret(account)}"
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"reload the broker to let them in: kill -HUP <pid of mosquitto -c {layout.config_file}>")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``broker`` command group to ``app``."""
     app.add_typer(broker_app, name="broker")
