@@ -24,7 +24,7 @@ def mosquitto_conf(
         f"acl_file {layout.acl_file}",
         "",
         "# Nagle's algorithm meets the client's delayed ACKs on every small QoS 1 message: without this line",
-        "# each cloud fallback through the broker takes ~44 ms instead of ~1 ms (README, broker section).",
+        "# each cloud fallback through the broker takes ~44 ms instead of ~2 ms (python -m bench.broker).",
         "set_tcp_nodelay true",
         "",
         "# Workers keep persistent sessions and acknowledge a request once answered: sessions and their",
