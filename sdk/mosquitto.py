@@ -2,13 +2,18 @@
 
 It listens on loopback on a free port with a generated config that says
 ``set_tcp_nodelay true``, and can be stopped and restarted on the same port.
+Given a ``fedge broker init`` directory, it runs that directory's secured mosquitto.conf
+as written, except that each listener moves to a free port on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -47,27 +52,64 @@ class Mosquitto:
     """One broker process on ``127.0.0.1:port``; ``with Mosquitto() as broker: ...``."""
 
     def __init__(
-        self, port: int | None = None, *, extra_config: str = "", workdir: str | os.PathLike[str] | None = None
+        self,
+        port: int | None = None,
+        *,
+        extra_config: str = "",
+        workdir: str | os.PathLike[str] | None = None,
+        config_dir: str | os.PathLike[str] | None = None,
+        tcp_nodelay: bool = True,
     ):
+        """A stopped broker; ``config_dir`` (from ``fedge broker init``) runs its TLS, accounts and ACL.
+
+        ``tcp_nodelay=False`` runs a stock broker (Nagle's algorithm on), for benchmarks that show its cost.
+        """
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        #: Every listener's port, in the config's order (the first is ``port``).
+        self.ports = [self.port]
         self._binary = find_mosquitto()
         self._own_dir = workdir is None
         self._dir = Path(workdir or tempfile.mkdtemp(prefix="fedge-mosquitto-"))
         self._dir.mkdir(parents=True, exist_ok=True)
         self.config_file = self._dir / "mosquitto.conf"
         self.log_file = self._dir / "mosquitto.log"
-        self.config_file.write_text(
+        if config_dir is not None:
+            secured = (Path(config_dir) / "mosquitto.conf").read_text()
+            self.config_file.write_text(self._on_loopback(secured) + extra_config)
+        else:
+            self.config_file.write_text(self._plain_config(tcp_nodelay) + extra_config)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _plain_config(self, tcp_nodelay: bool) -> str:
+        return (
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
-            "set_tcp_nodelay true\n"
+            f"set_tcp_nodelay {'true' if tcp_nodelay else 'false'}\n"
             "persistence false\n"
             "max_queued_messages 10000\n"
             "log_dest stderr\n"
             "log_type error\n"
-            "log_type warning\n" + extra_config
+            "log_type warning\n"
         )
-        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _on_loopback(self, config: str) -> str:
+        """``config`` with each listener on 127.0.0.1: the first on ``port``, the others on free ports."""
+
+        def move(match: re.Match[str]) -> str:
+            port = self.port if match.start() == first else free_port()
+            if port not in self.ports:
+                self.ports.append(port)
+            return f"listener {port} {self.host}"
+
+        listeners = re.compile(r"^listener[ \t]+\d+[^\n]*$", re.MULTILINE)
+        found = listeners.search(config)
+        if found is None:
+            raise BrokerUnavailable("the broker config has no listener line")
+        first = found.start()
+        # Started as root, Mosquitto drops to the "mosquitto" user, which cannot read our 0600 key and
+        # password files; a private broker runs as whoever started it (the option is ignored otherwise).
+        return listeners.sub(move, config) + f"user {getpass.getuser()}\n"
 
     @property
     def address(self) -> str:
@@ -114,6 +156,11 @@ class Mosquitto:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+    def reload(self) -> None:
+        """Make the broker re-read its password and ACL files (SIGHUP)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGHUP)
 
     def restart(self, down_for: float = 0.0) -> None:
         """Stop, stay down ``down_for`` seconds, and start again on the same port."""

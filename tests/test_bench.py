@@ -73,3 +73,12 @@ def test_load_benchmark_produces_its_figures(model_dir):
     assert report["capacity_1w_rps"] > 0
     assert report["scaling_2w_over_1w"] > 0
     assert set(report["meets_targets"]) == {"error_rate"}
+
+
+def test_broker_benchmark_produces_its_figures():
+    from bench import broker
+
+    report = broker.run(rounds=10, warmup=1, step=Progress(time.time()))
+    assert report["rounds"] == 10
+    assert report["tls_ratio_p50"] > 0
+    assert report["stock_ratio_p50"] > 0

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer
 
-from sdk.cli import calibrate, cloud, demo, device, federate, models, registry
+from sdk.cli import broker, calibrate, cloud, demo, device, federate, models, registry
 from sdk.cli.console import err_console
 from sdk.errors import FedgeError
 
@@ -34,6 +34,7 @@ cloud.register(app)
 federate.register(app)
 registry.register(app)
 device.register(app)
+broker.register(app)
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ def demo(
         f"model directory: {model_dir}"
     )
     if cloud:
-        cloud_stage(model_dir, split.x_test, split.y_test, threshold)
+        cloud_stage(model_dir, split.x_test, split.y_test, threshold, workdir / "broker")
     candidate = None
     if federation:
         from federation.export import save_checkpoint
@@ -146,6 +146,7 @@ def ota_stage(release_dir: Path, candidate_dir: Path, workdir: Path, x: np.ndarr
     import shutil
     import threading
 
+    from sdk.broker.acl import RELEASE_ACCOUNT
     from sdk.cloud.app import create_app
     from sdk.cloud.registry import Registry
     from sdk.cloud.releases import ReleaseService
@@ -158,8 +159,6 @@ def ota_stage(release_dir: Path, candidate_dir: Path, workdir: Path, x: np.ndarr
     from sdk.edge.status import DeviceLink
     from sdk.edge.updater import ModelUpdater, UpdateConfig, open_installed
     from sdk.manifest import load_manifest
-    from sdk.mosquitto import Mosquitto
-    from sdk.mqtt import MqttSettings
 
     shutil.rmtree(workdir, ignore_errors=True)
     candidate = load_manifest(candidate_dir).version
@@ -170,20 +169,19 @@ def ota_stage(release_dir: Path, candidate_dir: Path, workdir: Path, x: np.ndarr
     stop = threading.Event()
     with contextlib.ExitStack() as stack, progress() as bar:
         step = bar.add_task("6/6 OTA: signed repository, registry, four devices", total=None)
-        broker = stack.enter_context(Mosquitto())
-        settings = MqttSettings.from_address(broker.address)
+        broker, layout = _secured_broker(stack, workdir / "broker", ids)
         keys = init_keys(workdir / "keys" / "online", workdir / "keys" / "offline-root")
         repo = ReleaseRepository.create(workdir / "repository", keys)
         registry = Registry(f"sqlite:///{workdir / 'registry.db'}", workdir / "store", repo)
         stack.callback(registry.close)
-        stack.enter_context(ReleaseService(registry, settings))
+        stack.enter_context(ReleaseService(registry, layout.settings(RELEASE_ACCOUNT, broker.address)))
         server = stack.enter_context(BackgroundServer(create_app({}, repository_dir=repo.directory, registry=registry)))
         registry.add_version(release_dir)
         registry.add_version(candidate_dir)
         edge = EdgeConfig(artifacts=("onnx-int8",), num_threads=1)
         updaters, runtimes = {}, {}
         for device_id in ids:
-            link = stack.enter_context(DeviceLink(settings, device_id, "digits"))
+            link = stack.enter_context(DeviceLink(layout.settings(device_id, broker.address), device_id, "digits"))
             config = UpdateConfig(
                 model="digits", device_id=device_id, repository_url=f"{server.url}/tuf", health_window_s=1.0
             )
@@ -237,29 +235,36 @@ def ota_stage(release_dir: Path, candidate_dir: Path, workdir: Path, x: np.ndarr
     )
 
 
-def cloud_stage(model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float) -> None:
-    """Two worker processes and the HTTP endpoint behind a private broker; edge, cloud and degraded answers."""
+def cloud_stage(
+    model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float, broker_dir: Path
+) -> list[tuple[str, bool, float]]:
+    """Two worker processes and the HTTP endpoint behind a private TLS broker; return (source, correct, ms) per call."""
+    import os
     import secrets
 
     import httpx
 
+    from sdk.broker.acl import WORKER_ACCOUNT
+    from sdk.broker.layout import PASSWORD_ENV
     from sdk.cloud.app import create_app
     from sdk.cloud.config import CloudConfig
     from sdk.cloud.inference import load_services
     from sdk.cloud.server import BackgroundServer
     from sdk.edge import EdgeConfig, EdgeRuntime
     from sdk.edge.cloud_client import CloudClient
-    from sdk.mosquitto import Mosquitto
-    from sdk.mqtt import MqttSettings
 
     records: list[tuple[str, bool, float]] = []
     with contextlib.ExitStack() as stack, progress() as bar:
-        step = bar.add_task("4/6 cloud: private Mosquitto, two workers, HTTP endpoint", total=None)
-        broker = stack.enter_context(Mosquitto())
-        settings = MqttSettings.from_address(broker.address)
+        step = bar.add_task("4/6 cloud: private Mosquitto (TLS, accounts, ACL), two workers, HTTP", total=None)
+        broker, layout = _secured_broker(stack, broker_dir, ["demo-device"])
+        settings = layout.settings("demo-device", broker.address)
         command = [sys.executable, "-m", "sdk.cli", "cloud", "worker", "-m", str(model_dir), "--broker", broker.address]
+        command += ["--config", str(layout.client_config(WORKER_ACCOUNT))]
+        env = {**os.environ, PASSWORD_ENV: layout.password(WORKER_ACCOUNT)}
         workers = [
-            subprocess.Popen([*command, "--id", f"demo-{i}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.Popen(
+                [*command, "--id", f"demo-{i}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             for i in (1, 2)
         ]
         stack.callback(_stop_all, workers)
@@ -310,6 +315,19 @@ def cloud_stage(model_dir: Path, x: np.ndarray, y: np.ndarray, threshold: float)
         f"for the first 4 test images; fallback rate with the cloud up: "
         f"{sum(r[0] == 'cloud' for r in records[: len(y)]) / len(y):.1%}"
     )
+    return records
+
+
+def _secured_broker(stack: contextlib.ExitStack, directory: Path, devices: list[str]):
+    """A fresh ``fedge broker init`` directory for ``devices`` and a Mosquitto running it on loopback."""
+    import shutil
+
+    from sdk.broker.provision import init_broker
+    from sdk.mosquitto import Mosquitto
+
+    shutil.rmtree(directory, ignore_errors=True)
+    layout = init_broker(directory, devices=devices)
+    return stack.enter_context(Mosquitto(config_dir=layout.root)), layout
 
 
 def _wait_for_workers(client, model: str, sample: np.ndarray, timeout_s: float = 60.0) -> None:
