@@ -112,6 +112,7 @@ def connect(
     *,
     wait: bool = True,
     session_expiry_s: int = 0,
+    receive_maximum: int | None = None,
     start_loop: bool = True,
 ) -> None:
     """Start the network loop and connect; with ``wait``, block until the broker accepts.
@@ -120,6 +121,8 @@ def connect(
     clean unless ``session_expiry_s`` > 0 asks the broker to keep this client id's
     session (subscriptions, unacknowledged messages) that long after a disconnect;
     subscribe from the client's ``on_connect`` either way: it runs again on every reconnect.
+    ``receive_maximum`` is how many unacknowledged QoS 1 messages the broker may have in flight
+    to this client (MQTT v5 Receive Maximum; Mosquitto's own default is 20).
     Without ``start_loop`` the caller runs the loop itself (``client.loop_forever``) and ``wait`` does nothing.
 
     Raises:
@@ -138,10 +141,11 @@ def connect(
             user_on_connect(c, userdata, flags, reason, props)
 
     client.on_connect = on_connect
-    props = None
+    props = Properties(PacketTypes.CONNECT)
     if session_expiry_s > 0:
-        props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum is not None:
+        props.ReceiveMaximum = max(1, min(65535, receive_maximum))
     client.connect_async(
         settings.host,
         settings.port,

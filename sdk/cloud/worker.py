@@ -159,7 +159,12 @@ class InferenceWorker:
             CloudUnavailable: with ``wait``, the broker did not accept the subscription in time.
         """
         self._stopping.clear()
-        connect(self._client, self.settings, session_expiry_s=self.session_expiry_s, start_loop=False)
+        # Requests stay unacknowledged until answered, so the broker's in-flight window (Mosquitto's default:
+        # 20) would cap the batch; ask for what the queues can hold, and let the batcher shed the rest.
+        holds = sum(s.config.max_queue + s.config.max_batch_size for s in self.services.values())
+        connect(
+            self._client, self.settings, session_expiry_s=self.session_expiry_s, receive_maximum=holds, start_loop=False
+        )
         self._loop = threading.Thread(target=self._run_loop, name=f"fedge-worker-{self.worker_id}", daemon=True)
         self._loop.start()
         if wait and not self._subscribed.wait(self.settings.connect_timeout_s):

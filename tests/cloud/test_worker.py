@@ -164,3 +164,26 @@ def test_a_request_without_a_response_topic_is_dropped_quietly(cloud, client):
     bare.disconnect()
     bare.loop_stop()
     assert client.infer(cloud.service.name, np.zeros((1, 8, 8), np.float32), timeout_s=PATIENCE_S).kind == "reply"
+
+
+def test_a_worker_holds_more_requests_than_the_brokers_default_window(broker, model_dir, gated):
+    # Requests are acknowledged only once answered; Mosquitto sends at most 20 unacknowledged ones to a client
+    # unless it asks for more (Receive Maximum), so without it a held batch could never grow past 20.
+    settings = MqttSettings.from_address(broker.address)
+    svc = gated(InferenceService.from_model_dir(model_dir, BatcherConfig(max_batch_size=64, max_queue=64)))
+    wanted = 30
+    try:
+        with InferenceWorker({svc.name: svc}, settings):
+            requester = RawRequester(settings)
+            try:
+                payload = wire.encode(wire.request(svc.name, np.zeros((1, 8, 8), np.float32)))
+                for _ in range(wanted):
+                    requester.send(topics.infer(svc.name), payload)
+                assert svc.busy.wait(PATIENCE_S)
+                poll(lambda: svc.batcher.depth() >= wanted - 1, f"{wanted - 1} requests queued behind the held one")
+                svc.gate.set()
+                poll(lambda: len(requester.replies) == wanted, f"all {wanted} answered")
+            finally:
+                requester.close()
+    finally:
+        svc.close()
