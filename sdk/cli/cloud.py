@@ -109,6 +109,7 @@ def serve(
 
     from sdk.cloud.app import create_app
     from sdk.cloud.inference import load_services
+    from sdk.cloud.server import ensure_open_files, uvicorn_options
 
     cloud = _cloud_config(
         config,
@@ -125,6 +126,7 @@ def serve(
     )
     if not cloud.model_dirs and not cloud.registry_url:
         raise typer.BadParameter("give --model-dir to serve models, or --registry-url to run the registry")
+    ensure_open_files(cloud)
     services = load_services(cloud.model_dirs, cloud.batcher(), providers=cloud.providers)
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: [s.close() for s in services.values()])
@@ -135,7 +137,7 @@ def serve(
         what = ", ".join(services) or "no models"
         console.print(f"serving {what} on http://{cloud.host}:{cloud.port} ({auth}); docs at /docs")
         app = create_app(services, cloud, repository_dir=cloud.repository_dir, registry=registry)
-        uvicorn.run(app, host=cloud.host, port=cloud.port, log_level="warning")
+        uvicorn.run(app, host=cloud.host, port=cloud.port, log_level="warning", **uvicorn_options(cloud))
 
 
 def _open_registry(cloud, broker: str | None, config: Path | None, stack: contextlib.ExitStack):

@@ -21,6 +21,12 @@ class CloudConfig:
     ``api_keys`` guards every ``/v1`` route when it is not empty (header ``X-API-Key``);
     ``admin_keys`` guard the registry's writing routes, always (none set: they refuse all).
     Neither appears in ``repr`` or logs. ``FEDGE_CLOUD__API_KEYS=k1,k2`` sets them.
+
+    HTTP limits (``fedge cloud serve``): ``header_timeout_s`` is the time a request's headers
+    have to arrive (else the connection is closed), ``body_timeout_s`` that of its whole body
+    (else 408); ``limit_concurrency`` caps open connections and running requests (uvicorn
+    answers 503 above it); ``keep_alive_s``, ``backlog`` and ``max_header_bytes`` are uvicorn's
+    ``timeout_keep_alive``, ``backlog`` and ``h11_max_incomplete_event_size``.
     """
 
     model_dirs: tuple[Path, ...] = ()
@@ -38,6 +44,12 @@ class CloudConfig:
     keys_dir: Path | None = None
     registry_url: str = ""
     store_dir: Path | None = None
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    limit_concurrency: int = 512
+    keep_alive_s: int = 5
+    backlog: int = 2048
+    max_header_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
         check(1 <= self.port <= 65535, "port", f"must be within 1..65535, got {self.port}")
@@ -49,6 +61,16 @@ class CloudConfig:
         except ValueError as exc:
             check(False, "group", str(exc))
         self.batcher()  # validates the batching keys, naming them
+        check(
+            0 < self.header_timeout_s <= 3600,
+            "header_timeout_s",
+            f"must be within (0, 3600], got {self.header_timeout_s}",
+        )
+        check(0 < self.body_timeout_s <= 3600, "body_timeout_s", f"must be within (0, 3600], got {self.body_timeout_s}")
+        check(1 <= self.limit_concurrency <= 65535, "limit_concurrency", "must be within 1..65535")
+        check(1 <= self.keep_alive_s <= 3600, "keep_alive_s", f"must be within 1..3600, got {self.keep_alive_s}")
+        check(1 <= self.backlog <= 65535, "backlog", f"must be within 1..65535, got {self.backlog}")
+        check(1024 <= self.max_header_bytes <= 1 << 20, "max_header_bytes", "must be within 1 KiB..1 MiB")
 
     def batcher(self) -> BatcherConfig:
         """The batching part of these settings."""
