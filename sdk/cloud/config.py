@@ -25,8 +25,8 @@ class CloudConfig:
     HTTP limits (``fedge cloud serve``): ``header_timeout_s`` is the time a request's headers
     have to arrive (else the connection is closed), ``body_timeout_s`` that of its whole body
     (else 408); ``limit_concurrency`` caps open connections and running requests (uvicorn
-    answers 503 above it); ``keep_alive_s``, ``backlog`` and ``max_header_bytes`` are uvicorn's
-    ``timeout_keep_alive``, ``backlog`` and ``h11_max_incomplete_event_size``.
+    answers 503 above it); ``max_header_bytes`` bounds a request's head (else 431);
+    ``keep_alive_s`` and ``backlog`` are uvicorn's ``timeout_keep_alive`` and ``backlog``.
     """
 
     model_dirs: tuple[Path, ...] = ()

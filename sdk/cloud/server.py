@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 
 from sdk.cloud.config import CloudConfig
-from sdk.cloud.header_timeout import with_header_timeout
+from sdk.cloud.request_head import with_head_limits
 from sdk.errors import ConfigError
 from sdk.mosquitto import free_port
 
@@ -22,9 +22,13 @@ SPARE_FILES = 64
 
 
 def uvicorn_options(config: CloudConfig) -> dict[str, Any]:
-    """The uvicorn settings that the ``[cloud]`` keys set (the body timeout is the app's own)."""
+    """The uvicorn settings that the ``[cloud]`` keys set (the body timeout is the app's own).
+
+    The head limits live in the protocol class, since uvicorn has no deadline on a request's headers;
+    ``h11_max_incomplete_event_size`` repeats the size bound for h11's own buffer.
+    """
     return {
-        "http": with_header_timeout(config.header_timeout_s),
+        "http": with_head_limits(config.header_timeout_s, config.max_header_bytes),
         "limit_concurrency": config.limit_concurrency,
         "timeout_keep_alive": config.keep_alive_s,
         "backlog": config.backlog,

@@ -195,6 +195,15 @@ def test_silent_and_trickling_clients_are_hung_up_on_and_a_legitimate_call_gets_
     assert answers == [b""] * len(socks)  # hung up on without a word (the app never saw a request)
 
 
+def test_an_oversized_request_head_is_refused(service):
+    config = CloudConfig(max_header_bytes=4096)
+    with BackgroundServer(create_app({service.name: service}, config), **uvicorn_options(config)) as srv:
+        with socket.create_connection((srv.host, srv.port), timeout=PATIENCE_S) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 100_000)  # no end of headers
+            assert exchange(sock).startswith(b"HTTP/1.1 431 ")
+        assert httpx.get(f"{srv.url}/healthz", headers={"X-Padding": "a" * 1000}).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
