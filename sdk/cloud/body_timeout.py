@@ -7,12 +7,22 @@ whose body stalls; without this, each such client holds a connection and a task 
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdk.cloud.schemas import error_response
 
 __all__ = ["BodyTimedOut", "BodyTimeout"]
+
+
+async def _within(awaitable: Awaitable[Message], deadline: float) -> Message:
+    """``await awaitable`` unless the loop's clock passes ``deadline`` first (then TimeoutError)."""
+    if sys.version_info >= (3, 11):  # a timer on this task; wait_for would start a task per call
+        async with asyncio.timeout_at(deadline):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, max(deadline - asyncio.get_running_loop().time(), 0.0))
 
 
 class BodyTimedOut(Exception):
@@ -46,8 +56,8 @@ class BodyTimeout:
             if body_done or timed_out:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
-            except asyncio.TimeoutError:  # builtin TimeoutError only from 3.11
+                message = await _within(receive(), deadline)
+            except asyncio.TimeoutError:  # the builtin TimeoutError only from 3.11
                 timed_out = True
                 raise BodyTimedOut(f"the request body did not arrive within {self.timeout_s:g} s") from None
             if message["type"] != "http.request" or not message.get("more_body", False):
