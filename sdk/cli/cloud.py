@@ -167,6 +167,7 @@ def serve(
     import uvicorn
 
     from sdk.cloud.app import create_app
+    from sdk.cloud.server import ensure_open_files, uvicorn_options
 
     cloud = _cloud_config(
         config,
@@ -183,6 +184,7 @@ def serve(
     )
     if not cloud.model_dirs and not cloud.registry_url:
         raise typer.BadParameter("give --model-dir to serve models, or --registry-url to run the registry")
+    ensure_open_files(cloud)
     services = _load_services(cloud)
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: [s.close() for s in services.values()])
@@ -193,7 +195,7 @@ def serve(
         what = ", ".join(services) or "no models"
         console.print(f"serving {what} on http://{cloud.host}:{cloud.port} ({auth}); docs at /docs")
         app = create_app(services, cloud, repository_dir=cloud.repository_dir, registry=registry)
-        uvicorn.run(app, host=cloud.host, port=cloud.port, log_level="warning")
+        uvicorn.run(app, host=cloud.host, port=cloud.port, log_level="warning", **uvicorn_options(cloud))
 
 
 def _open_registry(cloud, broker: str | None, config: Path | None, stack: contextlib.ExitStack):

@@ -9,7 +9,9 @@ uvicorn.run(create_app(services, CloudConfig(api_keys=("a-long-secret-key-1",)))
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,13 +19,16 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from sdk.cloud.body_timeout import BodyTimeout
 from sdk.cloud.config import CloudConfig
 from sdk.cloud.deps import AppState
+from sdk.cloud.error_boundary import ErrorBoundary
 from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import ServiceMetrics
 from sdk.cloud.registry import Registry
 from sdk.cloud.routes import models, ops
 from sdk.cloud.routes import registry as registry_routes
+from sdk.cloud.schemas import error_response
 from sdk.errors import FedgeError
 from sdk.outcomes import code_for_status, error_code_for, http_status_for
 
@@ -52,13 +57,16 @@ def create_app(
             'Errors have the body `{"error": {"code", "message"}}` with the wire format\'s codes.'
         ),
     )
+    config = config or CloudConfig()
     metrics = metrics or ServiceMetrics()
     for service in services.values():
         service.report_to(metrics)
-    app.state.fedge = AppState(services=services, config=config or CloudConfig(), metrics=metrics, registry=registry)
-    app.include_router(models.router)
-    app.include_router(ops.router)
-    app.include_router(registry_routes.router)
+    app.state.fedge = AppState(services=services, config=config, metrics=metrics, registry=registry)
+    app.include_router(models.router, responses=models.UNEXPECTED)
+    app.include_router(ops.router, responses=models.UNEXPECTED)
+    app.include_router(registry_routes.router, responses=models.UNEXPECTED)
+    app.add_middleware(BodyTimeout, timeout_s=config.body_timeout_s)
+    app.add_middleware(ErrorBoundary)  # added last: outside the body timeout, so it sees what that lets through
     if repository_dir is not None:
         app.mount("/tuf", StaticFiles(directory=os.fspath(repository_dir)), name="tuf")
 
@@ -66,18 +74,37 @@ def create_app(
     async def fedge_error(request: Request, exc: FedgeError) -> JSONResponse:
         status = 415 if isinstance(exc, models.UnsupportedMediaType) else http_status_for(exc)
         headers = {"Retry-After": "1"} if status == 503 else None
-        return _error(status, error_code_for(exc), str(exc), headers)
+        return error_response(status, error_code_for(exc), str(exc), headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, code_for_status(exc.status_code), str(exc.detail))
+        code = code_for_status(exc.status_code)
+        headers = exc.headers
+        if exc.status_code == 405:  # the router's Allow names one route on the path, not every one
+            allow = _allowed_methods(app.openapi()["paths"], request.url.path)
+            headers = {**(headers or {}), "Allow": allow or (headers or {}).get("Allow", "")}
+        return error_response(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "bad_request", "; ".join(str(e.get("msg")) for e in exc.errors()[:5]))
+        return error_response(422, "bad_request", "; ".join(str(e.get("msg")) for e in exc.errors()[:5]))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(models.REQUEST_SCHEMAS)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     return app
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def _allowed_methods(paths: Mapping[str, Mapping[str, Any]], path: str) -> str:
+    """The methods the OpenAPI ``paths`` list for ``path``, with HEAD where GET is (Starlette answers both)."""
+    for template, operations in paths.items():
+        parts = re.split(r"(\{[^}/]+\})", template)
+        if re.fullmatch("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts), path):
+            methods = {method.upper() for method in operations}
+            return ", ".join(sorted(methods | {"HEAD"} if "GET" in methods else methods))
+    return ""

@@ -28,6 +28,12 @@ class CloudConfig:
     ``intra_op_threads`` is the threads ONNX Runtime runs one batch on (0: one per core) and
     ``allow_spinning`` whether its idle pool threads spin-wait for the next batch; one thread
     that does not spin lets one worker process per core scale (README, "Workers per core").
+
+    HTTP limits (``fedge cloud serve``): ``header_timeout_s`` is the time a request's headers
+    have to arrive (else the connection is closed), ``body_timeout_s`` that of its whole body
+    (else 408); ``limit_concurrency`` caps open connections and running requests (uvicorn
+    answers 503 above it); ``max_header_bytes`` bounds a request's head (else 431);
+    ``keep_alive_s`` and ``backlog`` are uvicorn's ``timeout_keep_alive`` and ``backlog``.
     """
 
     model_dirs: tuple[Path, ...] = ()
@@ -50,6 +56,12 @@ class CloudConfig:
     worker_metrics_port: int = 0
     worker_session_expiry_s: int = 0
     worker_unavailable_exit_s: float = 60.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    limit_concurrency: int = 512
+    keep_alive_s: int = 5
+    backlog: int = 2048
+    max_header_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
         check(1 <= self.port <= 65535, "port", f"must be within 1..65535, got {self.port}")
@@ -69,6 +81,16 @@ class CloudConfig:
             f"must be within 0..256 (0 = one per core), got {self.intra_op_threads}",
         )
         self.batcher()  # validates the batching keys, naming them
+        check(
+            0 < self.header_timeout_s <= 3600,
+            "header_timeout_s",
+            f"must be within (0, 3600], got {self.header_timeout_s}",
+        )
+        check(0 < self.body_timeout_s <= 3600, "body_timeout_s", f"must be within (0, 3600], got {self.body_timeout_s}")
+        check(1 <= self.limit_concurrency <= 65535, "limit_concurrency", "must be within 1..65535")
+        check(1 <= self.keep_alive_s <= 3600, "keep_alive_s", f"must be within 1..3600, got {self.keep_alive_s}")
+        check(1 <= self.backlog <= 65535, "backlog", f"must be within 1..65535, got {self.backlog}")
+        check(1024 <= self.max_header_bytes <= 1 << 20, "max_header_bytes", "must be within 1 KiB..1 MiB")
 
     def batcher(self) -> BatcherConfig:
         """The batching part of these settings."""

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+from typing_extensions import TypeAliasType
 
 __all__ = [
     "TENSOR_MEDIA_TYPE",
     "ErrorBody",
     "ErrorDetail",
     "ModelInfo",
+    "Numbers",
     "PredictRequest",
     "PredictResponse",
     "TensorInfo",
+    "error_response",
 ]
 
 #: Media type of a binary body: the wire format of :mod:`sdk.wire`, as on MQTT.
 TENSOR_MEDIA_TYPE = "application/x-fedge-tensor"
+
+
+# Strict: a JSON number (integers too) and nothing else; "1" and true are refused, not converted.
+# A recursive alias, so one schema covers a sample and a batch of any rank.
+Numbers = TypeAliasType(
+    "Numbers",
+    Annotated[list[Union[StrictFloat, "Numbers"]], Field(min_length=1)],
+)
 
 
 class PredictRequest(BaseModel):
@@ -25,7 +37,9 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[Any] = Field(description="One sample (the model's sample shape) or a batch (with a leading axis).")
+    inputs: Numbers = Field(
+        description="One sample (the model's sample shape) or a batch (with a leading axis): nested lists of numbers."
+    )
     priority: int = Field(0, ge=0, le=9, description="Higher leaves the queue first.")
     deadline_ms: float | None = Field(None, gt=0, le=600_000, description="Drop the request if not run by then.")
 
@@ -68,3 +82,8 @@ class ErrorBody(BaseModel):
     """The body of every error response."""
 
     error: ErrorDetail
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error answer with the uniform body ``{"error": {"code", "message"}}``."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)

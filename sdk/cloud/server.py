@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 from types import TracebackType
@@ -9,9 +10,47 @@ from typing import Any
 
 import uvicorn
 
+from sdk.cloud.config import CloudConfig
+from sdk.cloud.request_head import with_head_limits
+from sdk.errors import ConfigError
 from sdk.mosquitto import free_port
 
-__all__ = ["BackgroundServer"]
+__all__ = ["BackgroundServer", "ensure_open_files", "uvicorn_options"]
+
+#: Descriptors the process needs besides its connections: models, logs, the registry's database, the broker.
+SPARE_FILES = 64
+
+
+def uvicorn_options(config: CloudConfig) -> dict[str, Any]:
+    """The uvicorn settings that the ``[cloud]`` keys set (the body timeout is the app's own).
+
+    The head limits live in the protocol class, since uvicorn has no deadline on a request's headers;
+    ``h11_max_incomplete_event_size`` repeats the size bound for h11's own buffer.
+    """
+    return {
+        "http": with_head_limits(config.header_timeout_s, config.max_header_bytes),
+        "limit_concurrency": config.limit_concurrency,
+        "timeout_keep_alive": config.keep_alive_s,
+        "backlog": config.backlog,
+        "h11_max_incomplete_event_size": config.max_header_bytes,
+    }
+
+
+def ensure_open_files(config: CloudConfig) -> None:
+    """Raise the soft open-files limit to what ``limit_concurrency`` needs, or refuse naming the key.
+
+    Above the limit, accept() fails and every new client is refused, the legitimate ones too.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = config.limit_concurrency + SPARE_FILES
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise ConfigError(
+            "cloud.limit_concurrency",
+            f"{config.limit_concurrency} connections need {need} open files; this process may open {hard} (ulimit -n)",
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 class BackgroundServer:

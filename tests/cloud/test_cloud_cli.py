@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from waiting import poll
+from waiting import PATIENCE_S, poll
 
 from sdk.edge.cloud_client import CloudClient
 from sdk.errors import CloudError
@@ -93,11 +94,43 @@ def test_serve_process_guards_v1_with_keys_from_the_environment(model_dir, tmp_p
     assert KEY not in proc.output
 
 
+def test_serve_process_passes_its_http_limits_to_uvicorn(model_dir, tmp_path):
+    port = free_port()
+    env = {"FEDGE_CLOUD__LIMIT_CONCURRENCY": "2", "FEDGE_CLOUD__HEADER_TIMEOUT_S": "600"}
+    proc = Fedge(tmp_path, "cloud", "serve", "-m", str(model_dir), "--port", str(port), env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def health() -> int:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=PATIENCE_S).status_code
+        except httpx.TransportError:
+            assert proc.alive(), proc.output
+            return 0
+
+    try:
+        poll(lambda: health() == 200, "the server's /healthz", interval_s=0.2)
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # two open connections: the limit
+        try:
+            poll(lambda: health() == 503, "503 at the concurrency limit")
+        finally:
+            for sock in idle:
+                sock.close()
+        poll(lambda: health() == 200, "served again below the limit")
+    finally:
+        proc.stop()
+
+
 def test_short_api_keys_are_refused_at_start_without_echoing_them(model_dir, tmp_path):
     proc = Fedge(tmp_path, "cloud", "serve", "-m", str(model_dir), env={"FEDGE_CLOUD__API_KEYS": "tiny-secret"})
     assert proc.wait() == 2
     assert "cloud.api_keys" in proc.output
     assert "tiny-secret" not in proc.output
+
+
+def test_a_bad_http_limit_is_refused_at_start_naming_the_key(model_dir, tmp_path):
+    proc = Fedge(tmp_path, "cloud", "serve", "-m", str(model_dir), env={"FEDGE_CLOUD__BODY_TIMEOUT_S": "-1"})
+    assert proc.wait() == 2
+    assert "cloud.body_timeout_s" in proc.output
 
 
 @pytest.mark.parametrize("command", ["worker", "serve"])

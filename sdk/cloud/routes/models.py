@@ -9,22 +9,41 @@ import time
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from sdk import wire
+from sdk.cloud.body_timeout import BodyTimedOut
 from sdk.cloud.deps import Authorized, ServiceFor, State
 from sdk.cloud.schemas import TENSOR_MEDIA_TYPE, ErrorBody, ModelInfo, PredictRequest, PredictResponse, TensorInfo
 from sdk.confidence import confidences
 from sdk.errors import InvalidInput, PayloadTooLarge, WireFormatError
 from sdk.outcomes import error_code_for
 
-__all__ = ["UnsupportedMediaType", "read_body", "router"]
+__all__ = ["GUARDED", "REQUEST_SCHEMAS", "UNEXPECTED", "UnsupportedMediaType", "read_body", "router"]
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Authorized])
+#: The answer of every route an API key guards, when the key is missing or wrong.
+GUARDED = {401: {"model": ErrorBody, "description": "Missing or invalid X-API-Key (when keys are configured)."}}
+#: What any route may answer: the catch-all's 500 (the traceback is in the server log, not the body).
+UNEXPECTED = {500: {"model": ErrorBody, "description": "An unexpected server error; code internal."}}
+#: What a route that reads a body may answer besides its own errors.
+SLOW_BODY = {408: {"model": ErrorBody, "description": "The body did not arrive within body_timeout_s."}}
+
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Authorized], responses=GUARDED)
+
+_REQUEST_SCHEMA = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+#: The predict body's JSON schema and the recursive one it refers to, for the app's OpenAPI components.
+REQUEST_SCHEMAS = {
+    "PredictRequest": {k: v for k, v in _REQUEST_SCHEMA.items() if k != "$defs"},
+    **_REQUEST_SCHEMA["$defs"],
+}
 
 _ERRORS = {
-    400: {"model": ErrorBody, "description": "Malformed body (bad JSON, bad wire payload)."},
-    401: {"model": ErrorBody, "description": "Missing or invalid X-API-Key (when keys are configured)."},
+    400: {
+        "model": ErrorBody,
+        "description": "Malformed body (bad JSON, numbers as strings or booleans, bad wire payload).",
+    },
     404: {"model": ErrorBody, "description": "No model of that name is served."},
+    **SLOW_BODY,
     413: {"model": ErrorBody, "description": "Body larger than max_body_bytes; it was not parsed."},
     415: {"model": ErrorBody, "description": "Content-Type is neither JSON nor the tensor wire format."},
     422: {"model": ErrorBody, "description": "Input of the wrong shape or dtype, or not finite."},
@@ -64,7 +83,7 @@ async def list_models(state: State) -> list[ModelInfo]:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": PredictRequest.model_json_schema()},
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
                 TENSOR_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
             },
         }
@@ -96,6 +115,12 @@ async def predict(name: str, request: Request, service: ServiceFor, state: State
         )
         outputs = await asyncio.wrap_future(future)
         outcome = "ok"
+    except ClientDisconnect:
+        outcome = "disconnected"  # not an error of ours; the error boundary lets it go quietly
+        raise
+    except BodyTimedOut:
+        outcome = "body_timeout"
+        raise
     except Exception as exc:
         outcome = error_code_for(exc)
         raise
@@ -136,12 +161,22 @@ def _parse_json(body: bytes) -> PredictRequest:
     try:
         return PredictRequest.model_validate_json(body)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-        raise WireFormatError(f"invalid JSON body: {problems}") from None
+        problems = dict.fromkeys(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())  # ordered, no repeats
+        raise WireFormatError(f"invalid JSON body: {'; '.join(list(problems)[:5])}") from None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``inputs.0.1`` for a location: the top-level key and the indices, not the union branches pydantic names."""
+    if not loc:
+        return "body"
+    return ".".join([str(loc[0]), *(str(part) for part in loc[1:] if isinstance(part, int))])
 
 
 def _to_array(inputs: list) -> np.ndarray:
     try:
-        return np.asarray(inputs, dtype=np.float32)
+        with np.errstate(over="raise"):
+            return np.asarray(inputs, dtype=np.float32)
+    except FloatingPointError:
+        raise InvalidInput("inputs hold a number beyond the float32 range") from None
     except (ValueError, TypeError):
         raise InvalidInput("inputs must be a rectangular nested list of numbers") from None

@@ -9,25 +9,44 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from sdk.cloud.deps import Admin, Authorized, RegistryDep
 from sdk.cloud.registry import STALE_AFTER_S
-from sdk.cloud.routes.models import read_body
+from sdk.cloud.routes.models import GUARDED, SLOW_BODY, read_body
+from sdk.cloud.schemas import ErrorBody
 from sdk.errors import Conflict, WireFormatError
 from sdk.manifest import load_manifest
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/registry", tags=["registry"])
+_ANSWERS = {
+    **GUARDED,
+    404: {"model": ErrorBody, "description": "No such model, version or release, or this service runs no registry."},
+    422: {"model": ErrorBody, "description": "A path, query or body field is invalid, or the model is unusable."},
+}
+_CONFLICT = {409: {"model": ErrorBody, "description": "The operation contradicts the registry's state."}}
+_JSON_BODY = {400: {"model": ErrorBody, "description": "The body is not JSON."}, **SLOW_BODY}
+_UPLOAD = {
+    400: {"model": ErrorBody, "description": "Not a tar archive, or a member that is not a plain top-level file."},
+    413: {"model": ErrorBody, "description": "Archive over 512 MiB."},
+}
+
+router = APIRouter(prefix="/v1/registry", tags=["registry"], responses=_ANSWERS)
 _BINARY = {"type": "string", "format": "binary"}
+# What the registry's columns hold (a 32-bit INTEGER and a VARCHAR(64) on PostgreSQL): a larger value is refused
+# with 422 here instead of failing in the database.
+_MAX_VERSION, _MAX_NAME = 2**31 - 1, 64
+Version = Annotated[int, Field(ge=0, le=_MAX_VERSION)]
+ModelName = Annotated[str, Field(min_length=1, max_length=_MAX_NAME)]
 
 
 class ReleaseRequest(BaseModel):
     """Release a registered version to a channel and a share of the fleet."""
 
-    model: str
-    version: int = Field(ge=0)
+    model: ModelName
+    version: Version
     channel: str = Field("stable", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     rollout: int = Field(100, ge=0, le=100, description="Percent of devices (by a stable hash of their id).")
 
@@ -60,8 +79,12 @@ def _extract(archive: bytes, into: Path) -> Path:
     dependencies=[Admin],
     status_code=201,
     summary="Upload a model directory (a tar or tar.gz of its files) as a new version",
+    responses={**_UPLOAD, **_CONFLICT, **SLOW_BODY},
     openapi_extra={
-        "requestBody": {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}
+        "requestBody": {
+            "required": True,
+            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+        }
     },
 )
 async def upload_version(name: str, request: Request, registry: RegistryDep) -> dict[str, Any]:
@@ -80,15 +103,29 @@ async def list_versions(name: str, registry: RegistryDep) -> list[dict[str, Any]
     return registry.versions(name)
 
 
-@router.post("/releases", dependencies=[Admin], status_code=201, summary="Release a version")
+@router.post(
+    "/releases",
+    dependencies=[Admin],
+    status_code=201,
+    summary="Release a version",
+    responses={**_CONFLICT, **_JSON_BODY},
+)
 async def create_release(request: Annotated[ReleaseRequest, Body()], registry: RegistryDep) -> dict[str, Any]:
     """Sign the version into the TUF repository and send the retained MQTT notice (admin key)."""
     return registry.release(request.model, request.version, channel=request.channel, rollout=request.rollout)
 
 
-@router.patch("/releases/{model}/{version}", dependencies=[Admin], summary="Pause, resume, abort or widen")
+@router.patch(
+    "/releases/{model}/{version}",
+    dependencies=[Admin],
+    summary="Pause, resume, abort or widen",
+    responses={**_CONFLICT, **_JSON_BODY},
+)
 async def change_release(
-    model: str, version: int, change: Annotated[ReleaseChange, Body()], registry: RegistryDep
+    model: Annotated[str, PathParam(min_length=1, max_length=_MAX_NAME)],
+    version: Annotated[int, PathParam(ge=0, le=_MAX_VERSION)],
+    change: Annotated[ReleaseChange, Body()],
+    registry: RegistryDep,
 ) -> dict[str, Any]:
     """Change the signed release state or rollout (admin key)."""
     return registry.update_release(model, version, state=change.state, rollout=change.rollout)
