@@ -260,7 +260,8 @@ def test_a_device_and_a_worker_serve_over_tls_and_a_release_notice_reaches_the_d
     from sdk.cloud.worker import InferenceWorker
     from sdk.edge import EdgeConfig, EdgeRuntime
     from sdk.edge.cloud_client import CloudClient
-    from sdk.edge.status import DeviceLink, notice_payload
+    from sdk.edge.status import DeviceLink
+    from sdk.notices import notice_payload
 
     x = digits_split.x_test[:4].astype(np.float32)
     statuses, seen = _collector(secured.as_(RELEASE_ACCOUNT), f"{topics.PREFIX}/devices/+/status")

@@ -66,7 +66,10 @@ from sdk.errors import CloudUnavailable, InvalidInput, Overloaded, WireFormatErr
 from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
 from sdk.outcomes import error_code_for
 
-__all__ = ["MAX_CORRELATION_BYTES", "InferenceWorker"]
+__all__ = ["MAX_CORRELATION_BYTES", "MAX_RECEIVE", "InferenceWorker"]
+
+#: Unacknowledged requests the broker may have in flight to a worker: MQTT's largest Receive Maximum.
+MAX_RECEIVE = 65535
 
 log = logging.getLogger("fedge.cloud.worker")
 
@@ -159,11 +162,14 @@ class InferenceWorker:
             CloudUnavailable: with ``wait``, the broker did not accept the subscription in time.
         """
         self._stopping.clear()
-        # Requests stay unacknowledged until answered, so the broker's in-flight window (Mosquitto's default:
-        # 20) would cap the batch; ask for what the queues can hold, and let the batcher shed the rest.
-        holds = sum(s.config.max_queue + s.config.max_batch_size for s in self.services.values())
+        # Requests stay unacknowledged until answered, and the broker's in-flight window (Mosquitto's default:
+        # 20) would cap the batch and keep the rest waiting at the broker, where no one sheds them: take all.
         connect(
-            self._client, self.settings, session_expiry_s=self.session_expiry_s, receive_maximum=holds, start_loop=False
+            self._client,
+            self.settings,
+            session_expiry_s=self.session_expiry_s,
+            receive_maximum=MAX_RECEIVE,
+            start_loop=False,
         )
         self._loop = threading.Thread(target=self._run_loop, name=f"fedge-worker-{self.worker_id}", daemon=True)
         self._loop.start()
