@@ -15,6 +15,7 @@ import uuid
 
 import numpy as np
 import pytest
+from faults import kill_network_thread
 from peers import publish, subscribed_client
 from waiting import PATIENCE_S, poll
 
@@ -102,20 +103,11 @@ def test_a_poisoned_reply_to_no_pending_call_is_dropped_and_counted_late(cloud):
     client.close()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_network_thread_that_dies_anyway_is_found_and_restarted(cloud):
+def test_a_network_thread_that_dies_anyway_is_found_and_restarted(cloud, monkeypatch):
     client = client_for(cloud.settings)
     assert client.infer(cloud.service.name, X, timeout_s=PATIENCE_S).kind == "reply"
-    own_on_message = client._client.on_message
-
-    def fault(*args):
-        # Fault injection: stands for an error inside paho's own packet handling, which no real broker makes on demand.
-        raise RuntimeError("injected into paho's network thread")
-
-    client._client.on_message = fault
-    publish(cloud.settings, client.reply_topic, [b"anything"])
-    poll(lambda: not client.connected, "the dead network thread seen: connected is False")
-    client._client.on_message = own_on_message
+    kill_network_thread(monkeypatch, client._client, cloud.settings, client.reply_topic)
+    assert not client.connected
     with pytest.raises(CloudUnavailable, match="not connected"):  # the call that finds it restarts it, and fails fast
         client.infer(cloud.service.name, X, timeout_s=PATIENCE_S)
     assert client.loop_restarts == 1
