@@ -1,7 +1,7 @@
 """Calls that fail around a short broker restart: steady calls from a few devices, one ``Mosquitto.restart``.
 
-``PYTHONPATH=<tree> python bench/restart_window.py [--rounds 3] [--clients 4] [--rate 50] [--json]``
-(``PYTHONPATH`` picks the code measured; run it by path, or with runpy where ``bench`` is not that tree's)
+``python -m bench.restart_window [--rounds 3] [--clients 4] [--rate 50] [--json]``
+(to measure another tree's ``sdk``, put that tree first on ``PYTHONPATH`` and run this file with ``runpy.run_path``)
 
 ``--clients`` ``CloudClient``s call one inference worker (in this process, a trivial model) at
 ``--rate`` calls/s in all, each call with the device's default 300 ms deadline. After 2 s the broker
