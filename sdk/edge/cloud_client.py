@@ -85,6 +85,7 @@ class CloudClient:
         self.connections = 0
         self._pending: dict[bytes, Future[wire.Message]] = {}
         self._lock = threading.Lock()
+        self._revive_lock = threading.Lock()
         self._ready = threading.Event()
         self._running = False
         self._client = make_client(settings, f"{self.device_id}-infer")
@@ -117,6 +118,8 @@ class CloudClient:
         self, model: str, x: np.ndarray, *, timeout_s: float, priority: int = 0, model_version: int | None = None
     ) -> wire.Message:
         """Ask the cloud to run ``model`` on ``x``; return the reply within ``timeout_s`` or raise.
+
+        Unanswered by ``resend_at`` of ``timeout_s``, the request goes out once more under the same id.
 
         Raises:
             CloudUnavailable: not connected, circuit open, or the connection dropped.
@@ -159,6 +162,8 @@ class CloudClient:
     def _send(self, request: wire.Message, key: bytes, budget_s: float) -> None:
         props = publish_properties(response_topic=self.reply_topic, correlation=key, expiry_s=max(1, int(budget_s + 1)))
         info = self._client.publish(topics.infer(request.model), wire.encode(request), qos=1, properties=props)
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:  # the connection went since the call started
+            raise _ConnectionLost("lost the broker connection before the request went out")
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise CloudUnavailable(f"publish failed: {mqtt.error_string(info.rc)}")
 
@@ -170,7 +175,7 @@ class CloudClient:
                 return future.result(budget_s * self.resend_at)
             left_s = deadline - time.monotonic()
             if left_s > 0 and not future.done():
-                # The same id: a worker that already answered the first copy answers from its memory.
+                # The same id: workers de-duplicate it, and whichever answer comes first wins.
                 self._send(dataclasses.replace(request, deadline_ms=left_s * 1000.0), key, left_s)
                 self.resent += 1
         try:
@@ -182,13 +187,15 @@ class CloudClient:
         """Find a network thread that died (paho ends it on an exception it does not expect) and restart it."""
         if not self._running or loop_alive(self._client):
             return
-        with self._lock:
-            if not self._running or not revive(self._client, self.settings):
-                return
+        with self._revive_lock:
+            if not self._running or loop_alive(self._client):
+                return  # another call restarted it
+            # Before the restart: the new thread may subscribe (and set ready) at once.
+            self._ready.clear()
+            self._fail_pending(_ConnectionLost("the MQTT network thread died; reconnecting"))
+            revive(self._client, self.settings)
             self.loop_restarts += 1
         log.error("the MQTT network thread of %s had died; restarted it and reconnecting", self.device_id)
-        self._ready.clear()
-        self._fail_pending(_ConnectionLost("the MQTT network thread died; reconnecting"))
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         try:
