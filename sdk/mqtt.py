@@ -14,7 +14,6 @@ dies on an exception it does not expect; :func:`loop_alive` tells, :func:`revive
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 import socket
@@ -44,8 +43,6 @@ __all__ = [
     "publish_properties",
     "revive",
 ]
-
-log = logging.getLogger("fedge.mqtt")
 
 
 @dataclass(frozen=True, kw_only=True)
