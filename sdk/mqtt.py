@@ -1,19 +1,25 @@
-"""MQTT v5 connections the way Fedge needs them: paho 2.x, TCP_NODELAY, TLS, auth, backoff.
+"""MQTT v5 connections the way Fedge needs them: paho 2.x, TCP_NODELAY, TLS, auth, backoff with jitter.
 
 paho never sets ``TCP_NODELAY``; with Nagle's algorithm meeting delayed ACKs a QoS 1
 request/response round trip on loopback takes ~88 ms instead of ~0.3 ms (see
 DESIGN.md). Every client Fedge opens goes through :func:`make_client`, which sets it
 on each socket paho opens, reconnects included.
+
+paho's reconnect backoff doubles from a fixed minimum with no jitter, so a fleet that lost
+its broker together comes back in lockstep. :class:`ReconnectJitter` sets each next wait
+from :class:`~sdk.backoff.Backoff` with a fresh random draw. paho's network thread
+dies on an exception it does not expect; :func:`loop_alive` tells, :func:`revive` restarts it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from sdk.backoff import Backoff
 from sdk.config import check, load_section
 from sdk.errors import CloudUnavailable
 
-__all__ = ["MqttSettings", "connect", "make_client", "parse_address", "publish_properties"]
+__all__ = [
+    "MqttSettings",
+    "ReconnectJitter",
+    "connect",
+    "loop_alive",
+    "make_client",
+    "parse_address",
+    "publish_properties",
+    "revive",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +60,7 @@ class MqttSettings:
     keepalive_s: int = 30
     reconnect_min_s: float = 0.05
     reconnect_max_s: float = 5.0
+    reconnect_jitter: float = 0.5
     connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -51,6 +68,7 @@ class MqttSettings:
         check(1 <= self.port <= 65535, "port", f"must be within 1..65535, got {self.port}")
         check(5 <= self.keepalive_s <= 3600, "keepalive_s", "must be within 5..3600")
         check(0 < self.reconnect_min_s <= self.reconnect_max_s, "reconnect_min_s", "must be > 0 and <= reconnect_max_s")
+        check(0 <= self.reconnect_jitter < 1, "reconnect_jitter", "must be within [0, 1)")
         check(self.connect_timeout_s > 0, "connect_timeout_s", "must be > 0")
         check(self.password is None or self.username is not None, "password", "needs a username")
 
@@ -82,16 +100,53 @@ def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class ReconnectJitter:
+    """Each reconnect wait of one client: ``Backoff`` from ``reconnect_min_s`` up to ``reconnect_max_s``, with jitter.
+
+    paho waits before every connection attempt after the first; before each attempt
+    (``on_pre_connect``) this sets the wait that follows if it fails, and a confirmed connection
+    sets the wait after the next drop, each with a new draw. ``next_delay_s`` is that next wait.
+    """
+
+    def __init__(self, client: mqtt.Client, settings: MqttSettings, rng: Callable[[], float] = random.random) -> None:
+        """Drive ``client``'s reconnect waits per ``settings``; ``rng`` draws uniformly from [0, 1)."""
+        self.backoff = Backoff(
+            base_s=settings.reconnect_min_s, max_s=settings.reconnect_max_s, jitter=settings.reconnect_jitter
+        )
+        self.attempts = 0
+        self.next_delay_s = 0.0
+        self._client = client
+        self._rng = rng
+        client.on_pre_connect = lambda c, userdata: self.before_attempt()
+        self._set_next(1)
+
+    def before_attempt(self) -> None:
+        """A connection attempt starts: should it fail, the next wait is one step longer."""
+        self.attempts += 1
+        self._set_next(self.attempts)
+
+    def connected(self) -> None:
+        """The broker accepted: the wait after the next drop starts from the bottom again, with a new draw."""
+        self.attempts = 0
+        self._set_next(1)
+
+    def _set_next(self, failures: int) -> None:
+        self.next_delay_s = self.backoff.delay(failures, self._rng())
+        # min == max: paho waits exactly this long (its own doubling would start again from a fixed minimum).
+        self._client.reconnect_delay_set(min_delay=self.next_delay_s, max_delay=self.next_delay_s)  # type: ignore[arg-type]
+
+
 def make_client(
     settings: MqttSettings, client_id: str, *, will: tuple[str, bytes] | None = None, manual_ack: bool = False
 ) -> mqtt.Client:
     """A configured, unconnected MQTT v5 client; ``will`` is a retained Last Will (topic, payload).
 
     With ``manual_ack`` a QoS 1 message is acknowledged only by ``client.ack(msg.mid, msg.qos)``.
+    Its reconnect waits are jittered (``client.reconnect_jitter``, a :class:`ReconnectJitter`).
     """
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
     client.on_socket_open = _no_delay
-    client.reconnect_delay_set(min_delay=settings.reconnect_min_s, max_delay=settings.reconnect_max_s)
+    client.reconnect_jitter = ReconnectJitter(client, settings)  # type: ignore[attr-defined]
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:
@@ -137,6 +192,9 @@ def connect(
             refused.append(str(reason))
         else:
             connected.set()
+            jitter = getattr(c, "reconnect_jitter", None)
+            if jitter is not None:
+                jitter.connected()
         if user_on_connect is not None:
             user_on_connect(c, userdata, flags, reason, props)
 
@@ -160,6 +218,27 @@ def connect(
         client.loop_stop()
         why = refused[0] if refused else "no answer"
         raise CloudUnavailable(f"MQTT broker {settings.host}:{settings.port}: {why}")
+
+
+def loop_alive(client: mqtt.Client) -> bool:
+    """Whether the network thread of ``client.loop_start()`` is running."""
+    # paho 2.x keeps the thread in ``_thread`` and sets it to None when loop_forever returns or raises.
+    thread = getattr(client, "_thread", None)
+    return thread is not None and thread.is_alive()
+
+
+def revive(client: mqtt.Client, settings: MqttSettings) -> bool:
+    """Restart a network thread that died (and reconnect: its connection is in an unknown state); True if it had to.
+
+    Call it only for a client that was started and not stopped.
+    """
+    if loop_alive(client):
+        return False
+    # loop_start makes a new wake-up socket pair; paho 2.x closes the old one only here or on garbage collection.
+    client._reset_sockets(sockpair_only=True)
+    client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s, clean_start=True)
+    client.loop_start()
+    return True
 
 
 def publish_properties(

@@ -4,6 +4,9 @@
 ``fedge/v1/releases/<model>`` when a release changes, and records every device's status
 from ``fedge/v1/devices/+/status`` in the registry. A thread re-signs the TUF timestamp
 well before it expires, so that devices can tell a live repository from a frozen one.
+Nothing a stranger publishes as a status stops the listener: each message is a boundary
+(a malformed one is logged and counted in ``dropped_statuses``), and the timestamp thread
+restarts the MQTT network thread should it die anyway.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import paho.mqtt.client as mqtt
 from sdk import topics
 from sdk.cloud.registry import Registry
 from sdk.cloud.repository import ReleaseRepository
-from sdk.mqtt import MqttSettings, connect, make_client
+from sdk.mqtt import MqttSettings, connect, make_client, revive
 from sdk.notices import notice_payload
 
 __all__ = ["ReleaseService"]
@@ -37,12 +40,14 @@ class ReleaseService:
         self.settings = settings
         interval = self.repository.timestamp_expiry.total_seconds() / 3
         self.refresh_every_s = refresh_every_s or max(1.0, interval)
+        self.dropped_statuses = 0
+        self.loop_restarts = 0
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="fedge-timestamp", daemon=True)
         self._client: mqtt.Client | None = None
         if settings is not None:
             self._client = make_client(settings, "fedge-release-service")
-            self._client.on_connect = lambda c, *a: c.subscribe(f"{topics.PREFIX}/devices/+/status", qos=1)
+            self._client.on_connect = self._on_connect
             self._client.on_message = self._on_status
         registry.notify = self.notify
 
@@ -58,6 +63,13 @@ class ReleaseService:
         if self._client is not None:
             self._client.publish(topics.release(model), notice_payload(model, version), qos=1, retain=True)
 
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        try:
+            if not reason.is_failure:
+                client.subscribe(f"{topics.PREFIX}/devices/+/status", qos=1)
+        except Exception:  # the boundary: paho's network thread dies on an exception from a callback
+            log.exception("on_connect failed")
+
     def _on_status(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             event = json.loads(msg.payload)
@@ -65,8 +77,9 @@ class ReleaseService:
                 raise ValueError("not an object")
             event.setdefault("device_id", msg.topic.split("/")[-2])
             self.registry.record_status(event)
-        except (ValueError, TypeError) as exc:
-            log.warning("ignored a malformed status on %s: %s", msg.topic, exc)
+        except Exception as exc:  # the boundary: one stranger's status must not stop the others' being recorded
+            self.dropped_statuses += 1
+            log.warning("ignored a malformed status on %s (%s: %s)", msg.topic, type(exc).__name__, str(exc)[:200])
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_every_s):
@@ -74,6 +87,17 @@ class ReleaseService:
                 self.repository.refresh_timestamp()
             except OSError as exc:
                 log.error("could not re-sign the timestamp: %s", exc)
+            except Exception:  # the boundary: the schedule goes on, the next turn may succeed
+                log.exception("re-signing the timestamp failed")
+            self._keep_listening()
+
+    def _keep_listening(self) -> None:
+        """Restart the MQTT network thread if it died."""
+        if self._client is None or self.settings is None or self._stop.is_set():
+            return
+        if revive(self._client, self.settings):
+            self.loop_restarts += 1
+            log.error("the release service's MQTT network thread had died; restarted it")
 
     def stop(self) -> None:
         """Stop the schedule and disconnect."""

@@ -4,7 +4,9 @@ A device's update checks run in one daemon thread (:class:`CheckWorker`): at sta
 poked (an MQTT release notice), and when the last check's result asks (``next_check_in``: the
 updater's ``retry_after_s``, from :class:`sdk.backoff.Backoff`), else every ``every_s``.
 Whatever a check raises (a bug: the updater reports its failures as outcomes) is logged on one
-line with its type, counted, and retried after the schedule's backoff; the thread goes on.
+line with its type, counted, and retried after the schedule's backoff; the thread goes on. A
+thread that dies anyway (a ``BaseException`` such as a library's ``sys.exit``) is found by the
+next :meth:`CheckWorker.poke` or :meth:`CheckWorker.ensure_running`, logged, and started again.
 Pokes are coalesced: however many arrive, two checks start at least ``min_interval_s``
 apart, stretched by a random factor so that a fleet woken by one notice does not check in
 step. When the next check is due is decided by :func:`next_due`, a function of the worker's state with no clock or I/O.
@@ -76,6 +78,7 @@ class CheckWorker:
         self.runs = 0
         self.for_poke = False
         self.errors = 0
+        self.restarts = 0
         self.failures_in_a_row = 0
         self._clock = clock
         self._rng = rng
@@ -84,6 +87,8 @@ class CheckWorker:
         self._scheduled = self._after(clock(), None) if not self.schedule.at_start else -math.inf
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._started = False
+        self._restart_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     @property
@@ -91,15 +96,33 @@ class CheckWorker:
         """Whether a poke is waiting for its turn (the minimum gap since the last check)."""
         return self._poked
 
+    @property
+    def alive(self) -> bool:
+        """Whether the thread runs (False before start, after stop, and when it died)."""
+        return self._thread.is_alive()
+
     def start(self) -> CheckWorker:
         """Start the thread (the first check, if ``at_start``, runs there, not in the caller)."""
+        self._started = True
         self._thread.start()
         return self
 
+    def ensure_running(self) -> bool:
+        """Start the thread again if it died (logged, counted); True when it had to."""
+        with self._restart_lock:
+            if not self._started or self._stop.is_set() or self._thread.is_alive():
+                return False
+            self.restarts += 1
+            log.error("%s: the check thread had died; starting it again (%d restarts)", self.name, self.restarts)
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
+            return True
+
     def poke(self) -> None:
-        """Ask for a check; any number of pokes before it starts make one check."""
+        """Ask for a check; any number of pokes before it starts make one check. Restarts a dead thread."""
         self._poked = True
         self._wake.set()
+        self.ensure_running()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread; a check under way is waited for up to ``timeout_s``."""
@@ -118,25 +141,35 @@ class CheckWorker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            now = self._clock()
-            due = next_due(now=now, scheduled=self._scheduled, poked=self._poked, earliest=self._earliest)
-            if due > now:
-                self._wake.wait(None if math.isinf(due) else due - now)
-                self._wake.clear()
-                continue
-            # Read by the task: a check only a poke asked for may stop early when nothing is new.
-            self.for_poke = self._poked and now < self._scheduled
-            self._poked = False  # a poke from now on asks for another check: it may announce what this one misses
-            wait_s = self._run_once()
-            now = self._clock()
-            self._earliest = now + self.schedule.min_interval_s * (1.0 + self.schedule.jitter * self._rng())
-            self._scheduled = self._after(now, wait_s)
+            try:
+                self._turn()
+            except Exception:  # the boundary around the schedule itself: a bug here must not end the thread
+                self.errors += 1
+                log.exception("%s: the check schedule failed; going on", self.name)
+                self._stop.wait(self.schedule.backoff.base_s)
+
+    def _turn(self) -> None:
+        """One turn of the loop: wait for the next check, or run it."""
+        now = self._clock()
+        due = next_due(now=now, scheduled=self._scheduled, poked=self._poked, earliest=self._earliest)
+        if due > now:
+            self._wake.wait(None if math.isinf(due) else due - now)
+            self._wake.clear()
+            return
+        # Read by the task: a check only a poke asked for may stop early when nothing is new.
+        self.for_poke = self._poked and now < self._scheduled
+        self._poked = False  # a poke from now on asks for another check: it may announce what this one misses
+        wait_s = self._run_once()
+        now = self._clock()
+        self._earliest = now + self.schedule.min_interval_s * (1.0 + self.schedule.jitter * self._rng())
+        self._scheduled = self._after(now, wait_s)
 
     def _run_once(self) -> float | None:
         """Run the task inside the boundary; the seconds its result asks to wait (None: the schedule decides)."""
         self.runs += 1
         try:
             result = self.task()
+            wait_s = self.next_check_in(result)
         except Exception as exc:  # the boundary: nothing a check raises may end the device program
             self.errors += 1
             self.failures_in_a_row += 1
@@ -150,4 +183,4 @@ class CheckWorker:
             )
             return None
         self.failures_in_a_row = 0
-        return self.next_check_in(result)
+        return wait_s

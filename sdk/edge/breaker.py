@@ -3,8 +3,13 @@
 ```
 closed --(failure_threshold failures in a row)--> open --(reset_timeout_s)--> half-open
 half-open --(probe succeeds)--> closed        half-open --(probe fails)--> open
+open --(on_reconnect: the broker link came back)--> half-open at once
 ```
-Decisions only: the caller says what happened; the clock is injectable for tests.
+Decisions only: the caller says what happened; the clock is injectable for tests. A lost or
+missing broker connection is not a failure of the cloud: the caller does not record it (a call
+let through and cut off by the drop gives its turn back with :meth:`release`), and the
+reconnect itself half-opens the breaker, so a broker restart costs the reconnect, not
+``reset_timeout_s``.
 """
 
 from __future__ import annotations
@@ -65,6 +70,18 @@ class CircuitBreaker:
         with self._lock:
             self._failures = 0
             self._opened_at = None
+            self._probing = False
+
+    def on_reconnect(self) -> None:
+        """The broker connection came back: an open breaker lets one probe through now (half-open)."""
+        with self._lock:
+            if self._opened_at is not None:
+                self._opened_at = self._clock() - self.reset_timeout_s
+                self._probing = False
+
+    def release(self) -> None:
+        """A call that was let through ended without telling anything about the cloud: free its probe turn."""
+        with self._lock:
             self._probing = False
 
     def record_failure(self) -> None:

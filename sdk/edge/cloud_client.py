@@ -4,13 +4,23 @@ Each request goes to ``fedge/v1/infer/<model>`` with the device's reply topic as
 ResponseTopic and the request id as CorrelationData; the answer comes back there.
 A call never waits past its deadline: a lost connection fails every waiting call
 at once, and an open circuit fails new calls before they are sent.
+
+At least once: a call with no answer by ``resend_at`` of its deadline is sent once more with
+the same request id (workers de-duplicate it), and the first answer wins; a late one is dropped.
+Nothing a stranger publishes to the reply topic ends the network thread: each callback is a
+boundary that settles the affected call with a typed error and counts the drop, and a network
+thread that died anyway is found (``connected`` is False) and restarted by the next call. Being
+offline is not a cloud failure: it fails the call at once without touching the breaker, and a
+reconnect half-opens the breaker, so a broker restart costs the reconnect, not the breaker's wait.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -29,11 +39,15 @@ from sdk.errors import (
     RemoteError,
     WireFormatError,
 )
-from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
+from sdk.mqtt import MqttSettings, connect, loop_alive, make_client, publish_properties, revive
 
 __all__ = ["CloudClient"]
 
 log = logging.getLogger("fedge.edge.cloud")
+
+
+class _ConnectionLost(CloudUnavailable):
+    """The broker connection dropped under a call: says nothing about the cloud's health."""
 
 
 class CloudClient:
@@ -46,16 +60,32 @@ class CloudClient:
         device_id: str | None = None,
         breaker: CircuitBreaker | None = None,
         max_payload_bytes: int = wire.DEFAULT_MAX_BYTES,
+        resend_at: float | None = 0.5,
     ) -> None:
-        """Prepare a client; nothing connects before :meth:`start`."""
+        """Prepare a client; nothing connects before :meth:`start`.
+
+        ``resend_at``: the share of a call's deadline after which, with no answer yet, the request
+        goes out once more under the same id (None: one attempt only).
+        """
+        if resend_at is not None and not 0 < resend_at < 1:
+            raise ValueError(f"resend_at must be within (0, 1) or None, got {resend_at}")
         self.settings = settings
         self.device_id = topics.check_segment(device_id or f"device-{uuid.uuid4().hex[:12]}", "device id")
         self.breaker = breaker or CircuitBreaker()
         self.max_payload_bytes = max_payload_bytes
+        self.resend_at = resend_at
         self.reply_topic = topics.device_replies(self.device_id)
+        self.resent = 0
+        self.bad_replies = 0
+        self.late_replies = 0
+        self.callback_errors = 0
+        self.loop_restarts = 0
+        self.connections = 0
         self._pending: dict[bytes, Future[wire.Message]] = {}
         self._lock = threading.Lock()
+        self._revive_lock = threading.Lock()
         self._ready = threading.Event()
+        self._running = False
         self._client = make_client(settings, f"{self.device_id}-infer")
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
@@ -64,11 +94,12 @@ class CloudClient:
 
     @property
     def connected(self) -> bool:
-        """Whether the broker connection is up and the reply topic subscribed."""
-        return self._ready.is_set()
+        """Whether the network thread runs, the broker connection is up and the reply topic subscribed."""
+        return self._ready.is_set() and loop_alive(self._client)
 
     def start(self, *, wait: bool = False) -> CloudClient:
         """Connect in the background; with ``wait``, block until ready (raises CloudUnavailable)."""
+        self._running = True
         connect(self._client, self.settings, wait=False)
         if wait and not self._ready.wait(self.settings.connect_timeout_s):
             raise CloudUnavailable(f"MQTT broker {self.settings.host}:{self.settings.port} did not accept us in time")
@@ -76,6 +107,7 @@ class CloudClient:
 
     def close(self) -> None:
         """Disconnect and fail the calls still waiting."""
+        self._running = False
         self._client.disconnect()
         self._client.loop_stop()
         self._fail_pending(CloudUnavailable("the cloud client was closed"))
@@ -84,6 +116,8 @@ class CloudClient:
         self, model: str, x: np.ndarray, *, timeout_s: float, priority: int = 0, model_version: int | None = None
     ) -> wire.Message:
         """Ask the cloud to run ``model`` on ``x``; return the reply within ``timeout_s`` or raise.
+
+        Unanswered by ``resend_at`` of ``timeout_s``, the request goes out once more under the same id.
 
         Raises:
             CloudUnavailable: not connected, circuit open, or the connection dropped.
@@ -94,27 +128,23 @@ class CloudClient:
         """
         if timeout_s <= 0:
             raise DeadlineExceeded("no time left for a cloud call")
+        deadline = time.monotonic() + timeout_s
+        self._keep_loop_alive()
+        if not self._ready.is_set():  # offline is not a cloud failure: the reconnect half-opens the breaker
+            raise CloudUnavailable("not connected to the broker")
         if not self.breaker.allow():
             raise CloudUnavailable("circuit open: the cloud failed recently")
-        if not self._ready.is_set():
-            self.breaker.record_failure()
-            raise CloudUnavailable("not connected to the broker")
         request = wire.request(model, x, deadline_ms=timeout_s * 1000.0, priority=priority, model_version=model_version)
         key = request.id.encode()
         future: Future[wire.Message] = Future()
         with self._lock:
             self._pending[key] = future
         try:
-            props = publish_properties(
-                response_topic=self.reply_topic, correlation=key, expiry_s=max(1, int(timeout_s + 1))
-            )
-            info = self._client.publish(topics.infer(model), wire.encode(request), qos=1, properties=props)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise CloudUnavailable(f"publish failed: {mqtt.error_string(info.rc)}")
-            try:
-                reply = future.result(timeout_s)
-            except FutureTimeout:
-                raise DeadlineExceeded(f"no answer from the cloud within {timeout_s * 1000:.0f} ms") from None
+            self._send(request, key, timeout_s)
+            reply = self._wait(future, request, key, deadline)
+        except _ConnectionLost:
+            self.breaker.release()
+            raise
         except CloudError as exc:
             if _cloud_is_up(exc):
                 self.breaker.record_success()
@@ -127,33 +157,94 @@ class CloudClient:
         self.breaker.record_success()
         return reply
 
+    def _send(self, request: wire.Message, key: bytes, budget_s: float) -> None:
+        props = publish_properties(response_topic=self.reply_topic, correlation=key, expiry_s=max(1, int(budget_s + 1)))
+        info = self._client.publish(topics.infer(request.model), wire.encode(request), qos=1, properties=props)
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:  # the connection went since the call started
+            raise _ConnectionLost("lost the broker connection before the request went out")
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise CloudUnavailable(f"publish failed: {mqtt.error_string(info.rc)}")
+
+    def _wait(self, future: Future[wire.Message], request: wire.Message, key: bytes, deadline: float) -> wire.Message:
+        """The first answer by ``deadline``; a request unanswered by ``resend_at`` of it goes out once more."""
+        budget_s = deadline - time.monotonic()
+        if self.resend_at is not None:
+            with contextlib.suppress(FutureTimeout):
+                return future.result(budget_s * self.resend_at)
+            left_s = deadline - time.monotonic()
+            if left_s > 0 and not future.done():
+                # The same id: workers de-duplicate it, and whichever answer comes first wins.
+                self._send(dataclasses.replace(request, deadline_ms=left_s * 1000.0), key, left_s)
+                self.resent += 1
+        try:
+            return future.result(max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise DeadlineExceeded(f"no answer from the cloud within {budget_s * 1000:.0f} ms") from None
+
+    def _keep_loop_alive(self) -> None:
+        """Find a network thread that died (paho ends it on an exception it does not expect) and restart it."""
+        if not self._running or loop_alive(self._client):
+            return
+        with self._revive_lock:
+            if not self._running or loop_alive(self._client):
+                return  # another call restarted it
+            # Before the restart: the new thread may subscribe (and set ready) at once.
+            self._ready.clear()
+            self._fail_pending(_ConnectionLost("the MQTT network thread died; reconnecting"))
+            revive(self._client, self.settings)
+            self.loop_restarts += 1
+        log.error("the MQTT network thread of %s had died; restarted it and reconnecting", self.device_id)
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not reason.is_failure:
-            client.subscribe(self.reply_topic, qos=1)
+        try:
+            if not reason.is_failure:
+                client.subscribe(self.reply_topic, qos=1)
+        except Exception:  # the boundary: paho's network thread dies on an exception from a callback
+            self._callback_failed("on_connect")
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        if all(not r.is_failure for r in reasons):
-            self._ready.set()
+        try:
+            if all(not r.is_failure for r in reasons):
+                self.connections += 1
+                self._ready.set()
+                self.breaker.on_reconnect()
+            else:
+                log.warning("the broker refused %s the reply topic: %s", self.device_id, reasons)
+        except Exception:  # the boundary
+            self._callback_failed("on_subscribe")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        self._ready.clear()
-        self._fail_pending(CloudUnavailable(f"lost the broker connection ({reason})"))
+        try:
+            self._ready.clear()
+            self._fail_pending(_ConnectionLost(f"lost the broker connection ({reason})"))
+        except Exception:  # the boundary
+            self._callback_failed("on_disconnect")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        key = getattr(getattr(msg, "properties", None), "CorrelationData", None)
-        with self._lock:
-            future = self._pending.get(key) if key else None
-        if future is None:
-            return  # a late answer to a call that already gave up
+        future = None
         try:
+            key = getattr(getattr(msg, "properties", None), "CorrelationData", None)
+            with self._lock:
+                future = self._pending.get(bytes(key)) if isinstance(key, (bytes, bytearray)) else None
+            if future is None or future.done():
+                self.late_replies += 1  # a late answer to a call that gave up, or the second of two copies
+                return
             message = wire.decode(msg.payload, max_bytes=self.max_payload_bytes)
-        except WireFormatError as exc:
-            _settle(future, exc=RemoteError("bad_reply", str(exc)))
-            return
-        if message.kind == "error":
-            _settle(future, exc=_remote_error(message))
-        else:
-            _settle(future, result=message)
+            if message.kind == "error":
+                _settle(future, exc=_remote_error(message))
+            elif message.kind == "reply":
+                _settle(future, result=message)
+            else:
+                raise WireFormatError(f"expected a reply, got a {message.kind}")
+        except Exception as exc:  # the boundary: nothing a stranger publishes may end the network thread
+            self.bad_replies += 1
+            log.warning("dropped a bad reply on %s (%s: %s)", msg.topic, type(exc).__name__, exc)
+            if future is not None:
+                _settle(future, exc=RemoteError("bad_reply", f"{type(exc).__name__}: {exc}"))
+
+    def _callback_failed(self, name: str) -> None:
+        self.callback_errors += 1
+        log.exception("%s of %s failed", name, self.device_id)
 
     def _fail_pending(self, exc: CloudError) -> None:
         with self._lock:

@@ -8,7 +8,9 @@ waiting for the broker (paho keeps reconnecting in the background); the latest s
 published again on every connect. A clean stop publishes ``{"state": "offline"}`` before it
 disconnects; the broker publishes the same Last Will when the device drops off.
 Checks run in a :class:`~sdk.edge.background.CheckWorker`: coalesced, rate-limited, and
-never ended by what they raise.
+never ended by what they raise. Each MQTT callback is a boundary (logged, counted in
+``callback_errors``), and the two threads watch each other: a notice restarts a dead check
+thread, and each check restarts a dead MQTT network thread.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import paho.mqtt.client as mqtt
 
 from sdk import topics
 from sdk.edge.background import CheckSchedule, CheckWorker
-from sdk.mqtt import MqttSettings, connect, make_client
+from sdk.mqtt import MqttSettings, connect, make_client, revive
 
 __all__ = ["DeviceLink"]
 
@@ -56,12 +58,15 @@ class DeviceLink:
         self.status_topic = topics.device_status(device_id)
         self.notice_topic = topics.release(model)
         self.notices = 0
+        self.callback_errors = 0
+        self.loop_restarts = 0
         self.on_notice = on_notice
         name = f"fedge-checks-{device_id}"
         self.checks = CheckWorker(self._check, name=name, schedule=schedule, next_check_in=next_check_in)
         self._status_lock = threading.Lock()
         self._last_status: bytes | None = None
         self._stopped = False
+        self._connected_once = False
         will = json.dumps({"device_id": device_id, "state": "offline"}).encode()
         self._client = make_client(settings, f"{device_id}-ota", will=(self.status_topic, will))
         self._client.on_connect = self._on_connect
@@ -80,7 +85,17 @@ class DeviceLink:
         """
         self.checks.start()
         connect(self._client, self.settings, wait=wait)
+        self._connected_once = True
         return self
+
+    def keep_alive(self) -> None:
+        """Restart the MQTT network thread or the check thread, whichever died (each is logged)."""
+        self.checks.ensure_running()
+        with self._status_lock:
+            if not self._connected_once or self._stopped or not revive(self._client, self.settings):
+                return
+            self.loop_restarts += 1
+        log.error("the MQTT network thread of %s had died; restarted it", self.device_id)
 
     def report(self, event: dict[str, Any]) -> None:
         """Publish a status event (retained: the fleet view shows the latest one); kept for the next connect."""
@@ -116,6 +131,7 @@ class DeviceLink:
             return self._client.publish(self.status_topic, payload, qos=1, retain=True)
 
     def _check(self) -> Any:
+        self.keep_alive()
         return self.on_notice() if self.on_notice is not None else None
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -129,11 +145,16 @@ class DeviceLink:
                 if self._last_status is not None:
                     client.publish(self.status_topic, self._last_status, qos=1, retain=True)
         except Exception:  # paho's network thread dies on an exception from a callback
+            self.callback_errors += 1
             log.exception("on_connect failed")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.notices += 1
-        self.checks.poke()  # the worker coalesces a burst of notices into one check per interval
+        try:
+            self.notices += 1
+            self.checks.poke()  # the worker coalesces a burst of notices into one check per interval
+        except Exception:  # the boundary
+            self.callback_errors += 1
+            log.exception("handling a notice on %s failed", msg.topic)
 
     def __enter__(self) -> DeviceLink:
         return self.start()

@@ -79,3 +79,49 @@ def test_the_task_knows_whether_only_a_poke_asked_for_it():
     finally:
         worker.stop()
     assert seen == [False, True]  # the start was due by the schedule; the second, only by the poke
+
+
+def test_a_result_the_schedule_cannot_read_is_a_counted_failure_and_the_thread_goes_on(caplog):
+    runs: list[int] = []
+
+    def unreadable(result):
+        raise TypeError("not a number of seconds")
+
+    # No retry before the next poke: the second check can only be the poke's.
+    schedule = CheckSchedule(min_interval_s=0, at_start=True, backoff=Backoff(base_s=3600, max_s=3600))
+    worker = CheckWorker(lambda: runs.append(1), name="unreadable", schedule=schedule, next_check_in=unreadable)
+    with caplog.at_level("ERROR", logger="fedge.edge.background"):
+        worker.start()
+        try:
+            poll(lambda: worker.errors == 1, "the failure counted")
+            worker.poke()
+            poll(lambda: len(runs) == 2, "a second check on the poke")
+            assert worker.alive
+        finally:
+            worker.stop()
+    assert worker.restarts == 0
+    assert "TypeError" in caplog.records[0].getMessage()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_thread_that_dies_anyway_is_found_on_the_next_poke_logged_and_started_again(caplog):
+    runs: list[int] = []
+
+    def exits_once():
+        # Fault injection: a library calling sys.exit() inside a check, past the Exception boundary.
+        runs.append(1)
+        if len(runs) == 1:
+            raise SystemExit(3)
+
+    worker = CheckWorker(exits_once, name="exits", schedule=CheckSchedule(min_interval_s=0, at_start=True))
+    with caplog.at_level("ERROR", logger="fedge.edge.background"):
+        worker.start()
+        try:
+            poll(lambda: not worker.alive, "the thread ended by SystemExit")
+            worker.poke()
+            poll(lambda: len(runs) == 2, "a check by the restarted thread")
+            assert worker.alive
+        finally:
+            worker.stop()
+    assert worker.restarts == 1
+    assert any("had died" in r.getMessage() for r in caplog.records)

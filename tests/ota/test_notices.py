@@ -12,6 +12,7 @@ import threading
 
 import pytest
 from extras import DEVICE_PYTHON
+from faults import kill_network_thread
 from peers import publish
 from waiting import PATIENCE_S, poll
 
@@ -205,3 +206,17 @@ def test_power_loss_at_any_step_leaves_a_valid_model(tmp_path, device, repo, ver
     model.close()
     assert not list(store.root.glob(".staging-*"))
     assert os.path.isdir(store.current())
+
+
+def test_a_dead_network_thread_is_restarted_by_the_next_check_and_notices_arrive_again(broker, monkeypatch):
+    from sdk.mqtt import loop_alive
+
+    settings = MqttSettings.from_address(broker.address)
+    schedule = CheckSchedule(min_interval_s=0, every_s=0.05)  # checks keep running: each one looks at the link
+    with DeviceLink(settings, "pi-revive", "digits", schedule=schedule, next_check_in=lambda result: None) as link:
+        publish_retained(settings, topics.release("digits"), notice_payload("digits", 1))  # waits for the subscription
+        poll(lambda: link.notices == 1, "the first notice")
+        kill_network_thread(monkeypatch, link._client, settings, topics.release("digits"))
+        poll(lambda: link.loop_restarts == 1 and loop_alive(link._client), "restarted by a check")
+        publish(settings, topics.release("digits"), [notice_payload("digits", 3)])
+        poll(lambda: link.notices >= 2, "a notice through the restarted thread (the retained one, at least)")

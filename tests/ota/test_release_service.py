@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 import threading
 
 import httpx
 import pytest
+from peers import publish
 from waiting import PATIENCE_S, poll
 
+from sdk import topics
 from sdk.cloud.app import create_app
 from sdk.cloud.config import CloudConfig
 from sdk.cloud.registry import Registry
@@ -103,3 +106,21 @@ def test_the_schedule_keeps_the_timestamp_fresh(cloud, repo):
     before = repo.refresh_timestamp()
     # The schedule (every 1 s here) re-signs it again and again by itself; two turns prove a schedule.
     poll(lambda: signed_version() >= before + 2, "two scheduled re-signings of the timestamp")
+
+
+def test_malformed_statuses_from_strangers_do_not_stop_the_fleet_view(cloud):
+    _, service, settings = cloud
+    poisons = [
+        json.dumps({"model": ["not", "a", "name"]}).encode(),  # the database cannot bind a list
+        json.dumps({"installed_version": 2**70}).encode(),  # nor an integer this large
+        b"[" * 100_000,  # JSON nested past the recursion limit
+    ]
+    for i, poison in enumerate(poisons):
+        publish(settings, topics.device_status(f"stranger-{i}"), [poison])
+    publish(settings, topics.device_status("pi-good"), [json.dumps({"state": "online", "step": "healthy"}).encode()])
+
+    def good_recorded():
+        return any(d["device_id"] == "pi-good" for d in service.registry.fleet())
+
+    poll(good_recorded, "the good device's status recorded after the strangers'")
+    assert service.dropped_statuses == len(poisons)
