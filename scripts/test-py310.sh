@@ -12,10 +12,14 @@ VENV310=${VENV310:-.venv310}
 STAMP=$VENV310/.fedge-installed
 HEAVY='torch|flwr|fastapi|sqlalchemy|ray'
 # The device side: runtime, backends, integrity, bad input, breaker, fallback through a real broker and real workers,
-# wire format, configuration, the CLI on a model directory, and the light-import check.
+# wire format and error table, reconnects and the many-clients loop, configuration, the CLI on a model directory,
+# and the light-import check.
 TESTS=(
   tests/edge
   tests/test_wire.py
+  tests/test_outcomes.py
+  tests/test_reconnect.py
+  tests/test_mqtt_loop.py
   tests/test_config.py
   tests/test_mosquitto.py
   tests/test_cli.py
