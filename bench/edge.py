@@ -88,14 +88,9 @@ def raw_session(
     """A bare ``InferenceSession.run`` on ``providers`` with the session options the SDK's ORT backend uses."""
     import onnxruntime as ort
 
-    from sdk.backends.ort import SPINNING_KEY
+    from sdk.backends.ort import session_options
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry(SPINNING_KEY, "1" if allow_spinning else "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options = session_options(num_threads, allow_spinning=allow_spinning)
     session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=list(providers))
     outputs = [session.get_outputs()[0].name]
     input_name = session.get_inputs()[0].name

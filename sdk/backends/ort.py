@@ -18,6 +18,7 @@ __all__ = [
     "available_providers",
     "load_error",
     "resolve_providers",
+    "session_options",
 ]
 
 PROVIDER_ALIASES = {
@@ -61,6 +62,19 @@ def available_providers() -> list[str]:
         return []
 
 
+def session_options(num_threads: int = 0, *, allow_spinning: bool = False):
+    """The ``SessionOptions`` every Fedge session gets: these threads, one inter-op thread, full graph optimisation."""
+    ort = _import_ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    # ORT's default lets the pool threads spin after every run: a core at 76-99 % at 20-100 requests/s.
+    options.add_session_config_entry(SPINNING_KEY, "1" if allow_spinning else "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
 def resolve_providers(preference: Sequence[str], available: Sequence[str]) -> list[str]:
     """Keep the preferred providers that are available, in preference order."""
     wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in preference]
@@ -89,13 +103,7 @@ class OnnxRuntimeBackend(Backend):
     ) -> None:
         ort = _import_ort()
         chosen = resolve_providers(providers, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads
-        options.inter_op_num_threads = 1
-        # ORT's default lets the pool threads spin after every run: a core at 76-99 % at 20-100 requests/s.
-        options.add_session_config_entry(SPINNING_KEY, "1" if allow_spinning else "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options = session_options(num_threads, allow_spinning=allow_spinning)
         provider_args: list[str | tuple[str, dict[str, object]]] = []
         for provider in chosen:
             if provider == "TensorrtExecutionProvider" and cache_dir is not None:
