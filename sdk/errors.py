@@ -35,6 +35,7 @@ FedgeError
 │   ├── DeviceResourceError     the device ran out of disk or memory, or could not write a file
 │   ├── UpdateRejected          metadata or artifact failed verification (TUF, hash, size)
 │   │   └── ReleaseUnusable     the signed release itself cannot serve this device
+│   │       └── PolicyRefused   its signed lineage breaks the device's privacy policy (max_epsilon, min_clients)
 │   └── SmokeTestFailed         the new model did not load or failed its probe
 └── PrivacyBudgetExhausted      the differential-privacy budget is spent
 ```
@@ -74,6 +75,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "PolicyRefused",
     "PrivacyBudgetExhausted",
     "RegistryError",
     "ReleaseUnusable",
@@ -242,6 +244,10 @@ class UpdateRejected(UpdateError):
 
 class ReleaseUnusable(UpdateRejected):
     """The signed release itself cannot serve this device (its manifest contradicts it, a file is missing)."""
+
+
+class PolicyRefused(ReleaseUnusable):
+    """The release's signed lineage breaks this device's privacy policy (too much epsilon, too few clients)."""
 
 
 class SmokeTestFailed(UpdateError):

@@ -12,8 +12,10 @@ pick the newest active release for this device's channel that its rollout bucket
 carries this device's target and that the device did not refuse before; download the manifest,
 the artifact for this device's target and the probe (each verified against the signed length and
 sha256, before anything is written into the model directory), check that the manifest is the
-release it claims, load it through the engine (its input and output signature against the
-manifest) and run its probe through the live input path, publish it as a new version directory,
+release it claims and that its signed lineage keeps to this device's privacy policy
+(:mod:`sdk.edge.privacy_policy`; a release that breaks it is refused before its artifact is
+downloaded), load it through the engine (its input and output signature against the manifest)
+and run its probe through the live input path, publish it as a new version directory,
 point ``current`` at it, swap it into the running runtime, then watch a health window (the probe
 again, the error rate of live calls, and a run of failed live calls that ends it at once) and roll
 back to the previous version on failure.
@@ -44,6 +46,7 @@ from sdk.config import check as check_config
 from sdk.config import load_section
 from sdk.edge.config import EdgeConfig
 from sdk.edge.install import ModelStore
+from sdk.edge.privacy_policy import PrivacyPolicy
 from sdk.edge.rollout import in_rollout
 from sdk.edge.runtime import EdgeRuntime
 from sdk.edge.update_errors import map_update_errors, translate
@@ -59,7 +62,15 @@ from sdk.edge.update_machine import (
     choose_release,
 )
 from sdk.edge.update_memory import UpdateMemory
-from sdk.errors import ConfigError, FedgeError, ModelError, ReleaseUnusable, SmokeTestFailed, UpdateRejected
+from sdk.errors import (
+    ConfigError,
+    FedgeError,
+    ModelError,
+    PolicyRefused,
+    ReleaseUnusable,
+    SmokeTestFailed,
+    UpdateRejected,
+)
 from sdk.loading import LoadedModel, load_model, smoke_test
 from sdk.manifest import ARTIFACT_KINDS, load_manifest, write_fetched
 
@@ -72,8 +83,8 @@ _WATCH_STEP_S = 0.05  # how often the health window looks at the live error coun
 
 
 @dataclass(frozen=True, kw_only=True)
-class UpdateConfig:
-    """What this device updates and from where (``[update]`` table)."""
+class UpdateConfig(PrivacyPolicy):
+    """What this device updates, from where, and the privacy its releases may have spent (``[update]`` table)."""
 
     model: str
     device_id: str
@@ -90,6 +101,7 @@ class UpdateConfig:
     max_error_run: int = 3
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_config(self.target in ARTIFACT_KINDS, "target", f"must be one of {', '.join(ARTIFACT_KINDS)}")
         check_config(self.repository_url.startswith(("http://", "https://")), "repository_url", "must be http(s)")
         check_config(self.max_download_bytes > 0, "max_download_bytes", "must be > 0")
@@ -162,6 +174,7 @@ class ModelUpdater:
             raise ConfigError("update.target", f"{config.target!r} is not in [edge] artifacts {allowed}")
         self.reporter: Reporter = reporter or (lambda event: None)
         self.memory = memory or UpdateMemory(store.root / "update-memory.json")
+        self.memory.forget_other_policies(config.terms())  # a changed policy looks again at what the old one refused
         self._fetcher = fetcher
         self._clock, self._sleep, self._draw = clock, sleep, draw
         self._backoff = Backoff(
@@ -227,7 +240,8 @@ class ModelUpdater:
 
     def _conclude(self, verdict: Verdict) -> UpdateOutcome:
         if verdict.remember and verdict.version is not None:
-            self.memory.remember(verdict.version, verdict.outcome, verdict.detail)
+            policy = self.config.terms() if verdict.by_policy else None
+            self.memory.remember(verdict.version, verdict.outcome, verdict.detail, policy=policy)
         self.memory.record(verdict.outcome, verdict.version, verdict.failures)
         try:
             self.memory.save()
@@ -347,6 +361,8 @@ class ModelUpdater:
         if manifest.name != model or manifest.version != version:
             said = f"{manifest.name} v{manifest.version}"
             raise ReleaseUnusable(f"the manifest says {said}, the signed release {model} v{version}")
+        if (refusal := self.config.refusal(manifest.lineage)) is not None:  # before the artifact comes down
+            raise PolicyRefused(f"{model} v{version} {refusal}")
         artifact = manifest.artifacts.get(self.config.target)
         if artifact is None:
             raise ReleaseUnusable(f"{model} v{version} has no {self.config.target} artifact")
