@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -14,6 +16,7 @@ from sdk.edge.update_machine import HealthRules, Release, State, UpdateMachine
 from sdk.edge.updater import UpdateConfig
 from sdk.errors import ConfigError, PolicyRefused, ReleaseUnusable
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PRIVATE = {"privacy": "central-dp", "epsilon": 0.5, "delta": 1e-5, "clients": 10}
 UPDATE = '[update]\nmodel = "digits"\ndevice_id = "pi-1"\nrepository_url = "http://repo/tuf"\n'
 
@@ -125,3 +128,16 @@ def test_a_policy_refusal_is_a_remembered_rejection_that_is_not_a_failed_check()
     other.advance(State.CHECKING)
     other.chosen(Release(version=3, channel="stable", rollout=100, state="active", targets=("onnx-int8",)))
     assert other.failed(ReleaseUnusable("no manifest")).by_policy is False
+
+
+@pytest.mark.parametrize("example", ["raspberrypi", "jetson"])
+def test_the_examples_ship_the_policy_commented_out_and_it_loads_when_uncommented(tmp_path, example):
+    text = (EXAMPLES / example / "fedge.toml").read_text()
+    assert UpdateConfig.load(EXAMPLES / example / "fedge.toml", env={}).terms() == {
+        "max_epsilon": None,
+        "min_clients": None,
+    }
+    uncommented = re.sub(r"^# ((max_epsilon|min_clients) = )", r"\1", text, flags=re.MULTILINE)
+    assert uncommented != text
+    (tmp_path / "fedge.toml").write_text(uncommented)
+    assert UpdateConfig.load(tmp_path / "fedge.toml", env={}).terms() == {"max_epsilon": 1.0, "min_clients": 10}

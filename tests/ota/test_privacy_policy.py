@@ -9,13 +9,25 @@ until its policy changes.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
 
 import numpy as np
+import pytest
+from device_program import edge_run_command
+from peers import publish
+from waiting import PATIENCE_S, poll
 
 from bench.ota import CountingFetcher
+from sdk import topics
+from sdk.cloud.registry import Registry
+from sdk.cloud.releases import ReleaseService
 from sdk.edge import EdgeRuntime
 from sdk.edge.updater import open_installed
 from sdk.manifest import load_manifest
+from sdk.mqtt import MqttSettings
+from sdk.notices import notice_payload
 
 SAMPLE = np.zeros((1, 8, 8), np.float32)
 
@@ -102,3 +114,52 @@ def test_a_changed_policy_looks_again_at_what_the_old_one_refused(device, repo, 
     outcome = looser.check()
     assert (outcome.outcome, outcome.version) == ("installed", 2)
     assert looser.memory.refused == {}
+
+
+@pytest.mark.device_subprocess
+def test_edge_run_takes_its_policy_from_the_environment_and_the_fleet_view_shows_the_refusal(
+    tmp_path, broker, server, repo, versions, digits_split
+):
+    settings = MqttSettings.from_address(broker.address)
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "store", repo)
+    repo.release(trained(versions, 1, **private(0.5)))
+    command = edge_run_command(
+        tmp_path,
+        device_id="pi-private",
+        broker=broker.address,
+        repository_url=f"{server.url}/tuf",
+        root=repo.root_bytes(1),
+        samples=digits_split.x_test[:3],
+        state_dir=tmp_path / "state",
+        update="health_window_s = 0.2\nmin_check_interval_s = 0\nmin_clients = 5",
+    )
+    env = {**os.environ, "FEDGE_UPDATE__MAX_EPSILON": "1.0"}  # as a unit's EnvironmentFile would set it
+    out = tmp_path / "device.out"
+    with ReleaseService(registry, settings), open(out, "w") as sink:
+        proc = subprocess.Popen([*command, "--interval", "0.1"], stdout=sink, stderr=subprocess.STDOUT, env=env)
+        try:
+
+            def answers(version: int) -> int:
+                assert proc.poll() is None, out.read_text()
+                return out.read_text().count(f"from edge, v{version}")
+
+            poll(lambda: answers(1), "v1 installed and serving")
+            repo.release(trained(versions, 2, **private(3.0)))
+            publish(settings, topics.release("digits"), [notice_payload("digits", 2)], retain=True)
+            (row,) = poll(lambda: [d for d in registry.fleet() if d["last_refusal"]], "the refusal in the fleet view")
+            served = answers(1)
+            poll(lambda: answers(1) >= served + 3, "answers from v1 after the refusal")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(PATIENCE_S) == 0, out.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            registry.close()
+    assert row["device_id"] == "pi-private"
+    assert row["running_version"] == 1
+    assert row["last_refusal"].startswith("PolicyRefused: digits v2 spent epsilon 3"), row
+    assert "max_epsilon 1" in row["last_refusal"]
+    log = out.read_text()
+    assert "from edge, v2" not in log
+    assert "Traceback" not in log
