@@ -174,7 +174,8 @@ class ModelUpdater:
             raise ConfigError("update.target", f"{config.target!r} is not in [edge] artifacts {allowed}")
         self.reporter: Reporter = reporter or (lambda event: None)
         self.memory = memory or UpdateMemory(store.root / "update-memory.json")
-        self.memory.forget_other_policies(config.terms())  # a changed policy looks again at what the old one refused
+        if again := self.memory.forget_other_policies(config.terms()):  # a changed policy looks again
+            log.info("versions %s, refused under another privacy policy, may be taken again", again)
         self._fetcher = fetcher
         self._clock, self._sleep, self._draw = clock, sleep, draw
         self._backoff = Backoff(
