@@ -120,6 +120,12 @@ class Manifest:
         """The model's single input."""
         return self.inputs[0]
 
+    @property
+    def listed_files(self) -> dict[str, int]:
+        """Every file the manifest lists besides itself (artifacts, probe), with its size."""
+        files = {a.file: a.size for a in self.artifacts.values()}
+        return {**files, self.probe.file: self.probe.size} if self.probe else files
+
     def with_threshold(self, threshold: float) -> Manifest:
         """A copy with a new confidence threshold."""
         return replace(self, confidence_threshold=float(threshold))

@@ -133,9 +133,7 @@ def _check_listed(manifest: Manifest, name: str, size: int) -> None:
     """Refuse a member the manifest does not list, or one declaring another size than the manifest records."""
     if name == MANIFEST_FILE:
         return
-    listed = {a.file: a.size for a in manifest.artifacts.values()}
-    if manifest.probe is not None:
-        listed[manifest.probe.file] = manifest.probe.size
+    listed = manifest.listed_files
     if name not in listed:
         raise WireFormatError(f"archive member {name!r} is not listed in the manifest")
     if size != listed[name]:

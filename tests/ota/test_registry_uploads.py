@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import subprocess
+import sys
 import tarfile
 import threading
 from contextlib import contextmanager
@@ -210,6 +214,20 @@ def test_two_uploads_of_one_version_at_once_give_one_version_and_one_conflict(re
             thread.join()
     assert sorted(statuses) == [201, 409]
     assert [v["version"] for v in registry.versions("digits")] == [1]
+
+
+def test_the_cli_uploads_the_listed_files_of_a_directory_that_holds_others(registry, repo, versions):
+    directory = versions(1)
+    (directory / "notes.txt").write_text("an operator's notes, not a model file")
+    with serving(registry, repo) as server:
+        command = [sys.executable, "-m", "sdk.cli", "registry", "upload", str(directory), "--url", server.url, "--json"]
+        env = {**os.environ, "FEDGE_ADMIN_KEY": ADMIN}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3 * PATIENCE_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["version"] == 1
+    assert sorted(p.name for p in (registry.store_dir / "digits" / "v1").iterdir()) == sorted(
+        p.name for p in directory.iterdir() if p.name != "notes.txt"
+    )
 
 
 @pytest.mark.parametrize("key", ["max_unpacked_bytes", "max_upload_bytes"])
