@@ -44,12 +44,13 @@ def model_members(directory) -> list[bytes]:
     return [member(path.name, path.read_bytes()) for path in sorted(directory.iterdir())]
 
 
-def tar_gz(*members: bytes, bomb: tuple[str, int] | None = None) -> bytes:
+def tar_gz(*members: bytes, bomb: tuple[str, int] | None = None, bomb_type: bytes = tarfile.REGTYPE) -> bytes:
     """A tar.gz of ``members`` and then, with ``bomb=(name, mib)``, a member of that many MiB of zeros."""
     pieces = [gzip.compress(b"".join(members))]
     if bomb is not None:
         name, mib = bomb
-        pieces += [gzip.compress(member(name, size=mib * MIB)), *[ZEROS_MIB] * mib]
+        header = member(name, size=mib * MIB, type=bomb_type)[: tarfile.BLOCKSIZE]
+        pieces += [gzip.compress(header), *[ZEROS_MIB] * mib]
     return b"".join([*pieces, gzip.compress(bytes(2 * tarfile.BLOCKSIZE))])  # the end-of-archive blocks
 
 
@@ -109,6 +110,15 @@ def test_the_declared_sizes_of_listed_members_are_summed_against_the_configured_
         assert_nothing_kept(server, registry)
     with serving(registry, repo) as server:  # the same archive under the default bound
         assert upload(server, body).status_code == 201
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME], ids=["pax-header", "gnu-long-name"])
+def test_a_tar_extension_header_past_the_bound_is_refused_while_it_is_read(registry, repo, versions, kind):
+    # tarfile reads such a header's data whole before it hands over the member: the bounded stream stops it.
+    body = tar_gz(*model_members(versions(1)), bomb=("././@LongLink", 64), bomb_type=kind)
+    with serving(registry, repo, max_unpacked_bytes=4 * MIB) as server:
+        assert "max_unpacked_bytes" in refusal(upload(server, body), 413)
+        assert_nothing_kept(server, registry)
 
 
 @pytest.mark.parametrize("where", ["before the manifest", "after the artifacts"])
