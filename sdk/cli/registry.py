@@ -109,15 +109,17 @@ def _show(data: Any, as_json: bool, columns: tuple[str, ...]) -> None:
 
 @registry_app.command()
 def upload(model_dir: Path, url: UrlOpt = "http://127.0.0.1:8000", as_json: JsonOpt = False) -> None:
-    """Upload a model directory (from `fedge export` or a federation run) as a new version."""
-    from sdk.manifest import load_manifest
+    """Upload a model directory (from `fedge export` or a federation run) as a new version: its listed files."""
+    from sdk.manifest import MANIFEST_FILE, load_manifest
 
     manifest = load_manifest(model_dir)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(model_dir.iterdir()):
-            if path.is_file():
-                tar.add(path, arcname=path.name)
+        # The files the manifest lists and nothing else (the registry refuses any other), the manifest first;
+        # one missing is left for the registry to name.
+        for name in [MANIFEST_FILE, *manifest.listed_files]:
+            if (model_dir / name).is_file():
+                tar.add(model_dir / name, arcname=name)
     data = _call(
         "POST",
         f"{url}/v1/registry/models/{manifest.name}/versions",
