@@ -336,10 +336,12 @@ def _count(telemetry: Telemetry, version: int, result: Prediction | BatchPredict
         )
         return
     n = len(result.labels)
-    sources = result.sources
-    fallbacks = n - sources.count("edge")
+    sources = answer.sources  # None: every row from the local model
+    fallbacks = 0 if sources is None else n - sources.count("edge")
     if local is not None:
         conf, rows = float(local.sum()), n
+    elif sources is None:
+        conf, rows = float(result.confidences.sum()), n
     else:
         ran = [i for i, s in enumerate(sources) if s != "cloud"]
         conf, rows = float(result.confidences[ran].sum()), len(ran)
