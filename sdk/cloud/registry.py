@@ -455,8 +455,8 @@ def _telemetry_dict(key: tuple[Any, ...], rows: list[TelemetryRow]) -> dict[str,
         "fallbacks": fallbacks,
         "fallback_rate": fallbacks / n if n else 0.0,
         "mean_confidence": sum(r.confidence_sum for r in rows) / confident if confident else None,
-        "p50_ms": percentile(latency, 0.5),
-        "p99_ms": percentile(latency, 0.99),
+        "p50_ms": _ms(percentile(latency, 0.5)),
+        "p99_ms": _ms(percentile(latency, 0.99)),
         "last_seen": max(_utc(r.last_seen) for r in rows).isoformat(),
     }
 
@@ -480,3 +480,7 @@ def _release_dict(row: ReleaseRow) -> dict[str, Any]:
         "rollout": row.rollout,
         "state": row.state,
     }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

@@ -40,8 +40,8 @@ class _Counts:
             "fallback_rate": round(self.fallbacks / rows, 6) if rows else 0.0,
             "confident_rows": self.confident_rows,
             "mean_confidence": round(self.confidence_sum / self.confident_rows, 6) if self.confident_rows else None,
-            "p50_ms": percentile(self.latency, 0.5),
-            "p99_ms": percentile(self.latency, 0.99),
+            "p50_ms": _ms(percentile(self.latency, 0.5)),
+            "p99_ms": _ms(percentile(self.latency, 0.99)),
             "latency": [[i, n] for i, n in enumerate(self.latency) if n],
         }
 
@@ -100,3 +100,7 @@ class Telemetry:
             "seconds": round(max(0.0, now - since), 3),
             "versions": [window[v].summary(v) for v in sorted(window)],
         }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
