@@ -301,9 +301,10 @@ class Registry:
         The release service passes the id from the topic, and an event naming another device
         is refused. The reason of the last refusal (a rejected or rolled-back release) is kept
         until the next one. A telemetry window already stored (a status sent again on
-        reconnect) is not added twice. A version that has no release of the device's model is
-        neither its running version nor a telemetry row: the report's other fields are kept,
-        the rejection is counted on the device, and its reason is returned (None: all was kept).
+        reconnect, or an older one delivered again late) is not added twice. A version that
+        has no release of the device's model is neither its running version nor a telemetry
+        row: the report's other fields are kept, the rejection is counted on the device, and
+        its reason is returned (None: all was kept).
 
         Raises:
             StatusRejected: the event is malformed, out of bounds, or names another device.
@@ -326,7 +327,8 @@ class Registry:
                 else:
                     rejected.append(f"{row.model} v{claimed} has no release")
             window = report.telemetry
-            if window is not None and window.window != previous.get("telemetry_window"):
+            fresh = window is not None and _later_window(window.window, previous.get("telemetry_window"))
+            if window is not None and fresh:
                 for stats in window.versions:
                     if self._released(session, row.model, stats.version):
                         self._add_telemetry(session, device_id, row.model or "", stats, received)
@@ -344,7 +346,7 @@ class Registry:
             for key in ("telemetry_window", "rejected_reports", "last_rejection"):
                 if key in previous:
                     detail[key] = previous[key]
-            if window is not None:
+            if window is not None and fresh:
                 detail["telemetry_window"] = window.window
             if rejected:
                 reason = "; ".join(rejected)[:500]
@@ -427,6 +429,17 @@ class Registry:
                     }
                 )
             return out
+
+
+def _later_window(window: str, stored: str | None) -> bool:
+    """Whether ``window`` (``<boot>-<seq>``) comes after the one ``stored``; a redelivered older one does not."""
+    if stored is None:
+        return True
+    boot, _, seq = window.rpartition("-")
+    stored_boot, _, stored_seq = stored.rpartition("-")
+    if boot != stored_boot or not (seq.isdigit() and stored_seq.isdigit()):
+        return window != stored  # another run of the device: its windows count afresh
+    return int(seq) > int(stored_seq)
 
 
 def _add_buckets(a: list[int], b: list[int]) -> list[int]:

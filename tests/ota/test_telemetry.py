@@ -117,8 +117,17 @@ def test_devices_report_what_they_served_and_the_fleet_view_sums_it_per_version(
         result = CliRunner().invoke(
             app, ["registry", "telemetry", "digits", "--url", server.url, "--json"], env={"FEDGE_API_KEY": READER}
         )
+        table = CliRunner().invoke(
+            app, ["registry", "telemetry", "--url", server.url], env={"FEDGE_API_KEY": READER, "COLUMNS": "250"}
+        )
     assert result.exit_code == 0, result.output
     assert [(e["version"], e["devices"], e["calls"]) for e in json.loads(result.stdout)] == [(1, 2, 42), (2, 1, 7)]
+    assert table.exit_code == 0, table.output
+    rows = [line.split("│")[1:-1] for line in table.stdout.splitlines() if line.startswith("│ digits")]
+    assert [[cell.strip() for cell in row[:4]] for row in rows] == [
+        ["digits", "1", "2", "42"],
+        ["digits", "2", "1", "7"],
+    ]
 
 
 def test_a_status_naming_another_device_oversized_or_malformed_changes_nothing(fleet, versions):
@@ -175,3 +184,24 @@ def test_a_version_without_a_release_is_a_counted_rejection_not_fleet_truth(flee
         assert service.dropped_statuses == 0
     finally:
         device.close()
+
+
+def test_a_window_delivered_again_or_late_is_added_once(fleet):
+    service, _ = fleet
+    registry = service.registry
+
+    def status(window: str, calls: int) -> dict:
+        entry = {"version": 1, "calls": calls, "rows": calls, "latency": [[10, calls]]}
+        return {
+            "model": "digits",
+            "installed_version": 1,
+            "telemetry": {"window": window, "seconds": 1.0, "versions": [entry]},
+        }
+
+    # QoS 1 may deliver a status again after a later one (a resend on reconnect); a real broker does not do that on
+    # demand, so the registry is handed them in that order.
+    for seq, calls in ((1, 3), (2, 4), (1, 3), (2, 4), (3, 5)):
+        registry.record_status(status(f"b00t-{seq}", calls), device_id="pi-dup")
+    assert by_version(registry)[(1, None)]["calls"] == 12
+    registry.record_status(status("n3wb00t-1", 2), device_id="pi-dup")  # the device restarted: its windows count anew
+    assert by_version(registry)[(1, None)]["calls"] == 14
