@@ -70,3 +70,33 @@ def test_the_interval_is_validated_naming_its_key(value):
                 "FEDGE_UPDATE__TELEMETRY_INTERVAL_S": str(value),
             }
         )
+
+
+def test_fallbacks_engine_failures_and_local_confidence_through_real_cloud_workers(
+    cloud, model_dir, digits_split, monkeypatch
+):
+    from waiting import PATIENCE_S
+
+    from sdk.edge.cloud_client import CloudClient
+    from sdk.errors import BackendError
+
+    samples = digits_split.x_test[:5]
+    with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=("onnx-int8",))) as alone:
+        local = [alone.predict(x).confidence for x in samples[:4]]
+    telemetry = Telemetry()
+    client = CloudClient(cloud.settings, device_id="d-telemetry").start(wait=True)
+    config = EdgeConfig(artifacts=("onnx-int8",), confidence_threshold=1.0, deadline_ms=PATIENCE_S * 1000)
+    with EdgeRuntime.from_model_dir(model_dir, config, cloud=client, telemetry=telemetry) as rt:
+        asked = [rt.predict(x) for x in samples[:4]]  # no answer is confident enough: each row goes to the cloud
+
+        def broken(x):  # fault injection: a real engine does not fail on demand
+            raise BackendError("injected engine failure")
+
+        monkeypatch.setattr(rt.backend, "run", broken)
+        stood_in = rt.predict(samples[4])
+    assert [p.source for p in [*asked, stood_in]] == ["cloud"] * 5
+    (entry,) = telemetry.take()["versions"]
+    assert (entry["calls"], entry["errors"], entry["fallbacks"], entry["fallback_rate"]) == (5, 1, 5, 1.0)
+    # The local model's confidence on the rows it ran, not the cloud's answers; the failed call ran none.
+    assert entry["confident_rows"] == 4
+    assert entry["mean_confidence"] == pytest.approx(sum(local) / 4, abs=1e-5)
