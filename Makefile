@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.broker
+	$(BIN)/python -m bench.telemetry
 
 clean:
 	rm -rf .fedge-demo .pytest_cache .ruff_cache

@@ -29,7 +29,8 @@ FedgeError
 ├── BrokerUnavailable           the Mosquitto binary is missing or the broker did not start
 ├── RegistryError               the model registry refused an operation
 │   ├── NotFound                no such model, version, release or device
-│   └── Conflict                the operation contradicts the registry's state
+│   ├── Conflict                the operation contradicts the registry's state
+│   └── StatusRejected          a device's status report is malformed, oversized or names another device
 ├── UpdateError                 an over-the-air update did not install
 │   ├── RepositoryUnreachable   the release repository cannot be reached or hung up mid-transfer
 │   ├── DeviceResourceError     the device ran out of disk or memory, or could not write a file
@@ -82,6 +83,7 @@ __all__ = [
     "RemoteError",
     "RepositoryUnreachable",
     "SmokeTestFailed",
+    "StatusRejected",
     "Unauthorized",
     "UnknownModel",
     "UpdateError",
@@ -224,6 +226,10 @@ class NotFound(RegistryError):
 
 class Conflict(RegistryError):
     """The operation contradicts the registry's current state."""
+
+
+class StatusRejected(RegistryError):
+    """A device's status report is malformed, oversized, or names a device other than its topic's."""
 
 
 class UpdateError(FedgeError):

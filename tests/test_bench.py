@@ -82,3 +82,12 @@ def test_broker_benchmark_produces_its_figures():
     assert report["rounds"] == 10
     assert report["tls_ratio_p50"] > 0
     assert report["stock_ratio_p50"] > 0
+
+
+def test_telemetry_benchmark_produces_its_figures():
+    from bench import telemetry
+
+    report = telemetry.run(rounds=50, warmup=5, step=Progress(time.time()))
+    assert report["counted_calls"] == 55  # every predict of the counting runtime, warm-up included
+    assert report["telemetry_overhead_ratio"] > 0
+    assert set(report["meets_targets"]) == {"telemetry_overhead_ratio"}

@@ -183,6 +183,22 @@ def fleet(
     _show(data, as_json, ("device_id", "model", "running_version", "state", "last_step", "last_refusal", "last_seen"))
 
 
+@registry_app.command()
+def telemetry(
+    model: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+    per_device: Annotated[bool, typer.Option("--per-device", help="One row per device and version.")] = False,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    as_json: JsonOpt = False,
+) -> None:
+    """What the fleet served, per version: devices, calls, error and fallback rates, mean confidence, p50/p99 (ms)."""
+    params: dict[str, Any] = {"per_device": per_device, **({"model": model} if model else {})}
+    data = _call("GET", f"{url}/v1/registry/telemetry", admin=False, params=params)
+    if not as_json:
+        data = [{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()} for d in data]
+    columns = ("model", "version", *(("device_id",) if per_device else ()), "devices", "calls", "error_rate")
+    _show(data, as_json, (*columns, "fallback_rate", "mean_confidence", "p50_ms", "p99_ms", "last_seen"))
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``keys`` and ``registry`` groups to ``app``."""
     app.add_typer(keys_app, name="keys")

@@ -99,6 +99,7 @@ class UpdateConfig(PrivacyPolicy):
     health_probes: int = 3
     max_error_rate: float = 0.05
     max_error_run: int = 3
+    telemetry_interval_s: float = 60.0  # a status with the telemetry window this often (and after every swap)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,6 +117,7 @@ class UpdateConfig(PrivacyPolicy):
         check_config(self.health_probes >= 1, "health_probes", "must be >= 1")
         check_config(0 <= self.max_error_rate <= 1, "max_error_rate", "must be within [0, 1]")
         check_config(self.max_error_run >= 1, "max_error_run", "must be >= 1")
+        check_config(1 <= self.telemetry_interval_s <= 86_400, "telemetry_interval_s", "must be within 1..86400")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> UpdateConfig:

@@ -153,3 +153,13 @@ async def fleet(
 ) -> list[dict[str, Any]]:
     """Device id, model, running version, status (online/offline), stale, last step, last refusal, last seen (UTC)."""
     return registry.fleet(stale_after_s=stale_after_s)
+
+
+@router.get("/telemetry", dependencies=[Authorized], summary="What the fleet served, per version")
+async def telemetry(
+    registry: RegistryDep,
+    model: Annotated[str | None, Query(min_length=1, max_length=_MAX_NAME)] = None,
+    per_device: Annotated[bool, Query(description="One entry per device and version.")] = False,
+) -> list[dict[str, Any]]:
+    """Per model and version: devices, calls, error and fallback rates, mean confidence, p50/p99 latency (ms)."""
+    return registry.telemetry(model, per_device=per_device)
