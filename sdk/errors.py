@@ -34,7 +34,8 @@ FedgeError
 │   ├── RepositoryUnreachable   the release repository cannot be reached or hung up mid-transfer
 │   ├── DeviceResourceError     the device ran out of disk or memory, or could not write a file
 │   ├── UpdateRejected          metadata or artifact failed verification (TUF, hash, size)
-│   │   └── ReleaseUnusable     the signed release itself cannot serve this device
+│   │   ├── ReleaseUnusable     the signed release itself cannot serve this device
+│   │   └── PatchUnusable       a binary patch does not rebuild the signed artifact (the full file is fetched)
 │   └── SmokeTestFailed         the new model did not load or failed its probe
 └── PrivacyBudgetExhausted      the differential-privacy budget is spent
 ```
@@ -73,6 +74,7 @@ __all__ = [
     "NonFiniteInput",
     "NotFound",
     "Overloaded",
+    "PatchUnusable",
     "PayloadTooLarge",
     "PrivacyBudgetExhausted",
     "RegistryError",
@@ -242,6 +244,10 @@ class UpdateRejected(UpdateError):
 
 class ReleaseUnusable(UpdateRejected):
     """The signed release itself cannot serve this device (its manifest contradicts it, a file is missing)."""
+
+
+class PatchUnusable(UpdateRejected):
+    """A binary patch does not rebuild the signed artifact; the device fetches the full file instead."""
 
 
 class SmokeTestFailed(UpdateError):

@@ -6,11 +6,13 @@
 <dir>/metadata/N.snapshot.json                the targets version in force
 <dir>/metadata/timestamp.json                 the snapshot in force; short expiry, re-signed on a schedule
 <dir>/targets/<model>/<version>/<sha256>.<file>
+<dir>/targets/<model>/patches/<sha256>.<kind>-v<parent>-to-v<version>.bsdiff
 ```
 Consistent snapshots: every metadata version and target file has its own name, so a
 device that is mid-update never reads a mix of old and new. A release's model, version,
 channel, rollout percentage and state live in the signed targets metadata (``custom``),
-never only in the MQTT notice.
+never only in the MQTT notice. Each release also carries, per artifact kind, a binary patch from
+the previous release that was not aborted (:mod:`sdk.delta`), when the patch is small enough to be worth it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from sdk.cloud.signing import KeySet
+from sdk.delta import make_patch, patch_target
 from sdk.errors import Conflict, NotFound
 from sdk.manifest import ARTIFACT_KINDS, load_manifest, verify_files
 
@@ -124,7 +127,7 @@ class ReleaseRepository:
         found: dict[tuple[str, int], dict[str, Any]] = {}
         for path, info in targets.targets.items():
             custom = info.unrecognized_fields.get("custom", {})
-            if custom.get("kind") == "index":
+            if custom.get("kind") in ("index", "patch"):
                 continue
             key = (custom.get("model"), custom.get("version"))
             fields = ("model", "version", "channel", "rollout", "state")
@@ -141,8 +144,11 @@ class ReleaseRepository:
         channel: str = "stable",
         rollout: int = 100,
         kinds: Iterable[str] | None = None,
+        patches: bool = True,
     ) -> dict[str, Any]:
         """Sign a verified model directory's files into a new release; return it.
+
+        With ``patches``, each artifact also gets a signed patch from the parent release's (see :meth:`_add_patches`).
 
         Raises:
             ModelIntegrityError: a file does not match the manifest.
@@ -175,8 +181,45 @@ class ReleaseRepository:
             info.unrecognized_fields["custom"] = {**base, "kind": kind, "state": "active"}
             shutil.copyfile(source / name, out_dir / f"{info.hashes['sha256']}.{name}")
             targets.targets[info.path] = info
+        if patches:
+            self._add_patches(targets, base, [(a.kind, source / a.file) for a in chosen])
         self._publish(md)
         return next(r for r in self.releases() if (r["model"], r["version"]) == (manifest.name, manifest.version))
+
+    def _add_patches(self, targets: Targets, base: dict[str, Any], artifacts: list[tuple[str, Path]]) -> None:
+        """Sign a patch per artifact kind from the newest earlier release not aborted, where it is small enough."""
+        model, version = base["model"], base["version"]
+        earlier = {
+            c["version"]: c
+            for c in (i.unrecognized_fields.get("custom", {}) for i in targets.targets.values())
+            if c.get("model") == model and c.get("kind") == "manifest" and c.get("version") < version
+        }
+        standing = [v for v, c in earlier.items() if c.get("state") != "aborted"]
+        if not standing:
+            return
+        parent = max(standing)
+        out_dir = self.targets_dir / model / "patches"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for kind, path in artifacts:
+            old = self._stored(targets, model, parent, kind)
+            patch = None if old is None else make_patch(old.read_bytes(), path.read_bytes())
+            if patch is None:
+                continue
+            info = TargetFile.from_data(patch_target(model, kind, parent, version), patch, ["sha256"])
+            custom = {**base, "kind": "patch", "state": "active", "artifact": kind, "parent": parent}
+            info.unrecognized_fields["custom"] = custom
+            name = info.path.rsplit("/", 1)[1]
+            _write_atomic(out_dir / f"{info.hashes['sha256']}.{name}", patch)
+            targets.targets[info.path] = info
+
+    def _stored(self, targets: Targets, model: str, version: int, kind: str) -> Path | None:
+        """The stored file of a released artifact, None when that release does not carry ``kind``."""
+        for path, info in targets.targets.items():
+            custom = info.unrecognized_fields.get("custom", {})
+            if (custom.get("model"), custom.get("version"), custom.get("kind")) == (model, version, kind):
+                directory, name = path.rsplit("/", 1)
+                return self.targets_dir / directory / f"{info.hashes['sha256']}.{name}"
+        return None
 
     def update_release(
         self, model: str, version: int, *, state: ReleaseState | None = None, rollout: int | None = None
