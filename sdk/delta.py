@@ -15,9 +15,10 @@ import bsdiff4
 
 from sdk.errors import PatchUnusable
 
-__all__ = ["MAX_PATCH_RATIO", "choose_parent", "make_patch", "patch_target", "rebuild"]
+__all__ = ["MAX_DIFF_BYTES", "MAX_PATCH_RATIO", "choose_parent", "make_patch", "patch_target", "rebuild"]
 
 MAX_PATCH_RATIO = 0.8  # a patch at least this fraction of the full artifact saves too little to be worth a rebuild
+MAX_DIFF_BYTES = 256 * 1024 * 1024  # bsdiff's suffix sort takes about 16 bytes of memory per byte of the old file
 _MAGIC = b"BSDIFF40"
 _HEADER = 32  # magic, then the control, diff and new-file lengths, 8 bytes each
 
@@ -28,7 +29,9 @@ def patch_target(model: str, kind: str, parent: int, version: int) -> str:
 
 
 def make_patch(old: bytes, new: bytes, *, max_ratio: float = MAX_PATCH_RATIO) -> bytes | None:
-    """The patch from ``old`` to ``new``; None when it would be ``max_ratio`` of ``new`` or more."""
+    """The patch from ``old`` to ``new``; None when it would be ``max_ratio`` of ``new`` or more, or too costly."""
+    if max(len(old), len(new)) > MAX_DIFF_BYTES:
+        return None
     patch = bsdiff4.diff(old, new)
     return patch if len(patch) < max_ratio * len(new) else None
 

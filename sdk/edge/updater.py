@@ -371,11 +371,12 @@ class ModelUpdater:
         """
         model, kind = self.config.model, self.config.target
         held = self._held_artifacts()
-        patches = {}
+        patches: dict[int, Any] = {}
         for parent in held:
             patch = updater.get_targetinfo(patch_target(model, kind, parent, version))
             custom = patch.unrecognized_fields.get("custom", {}) if patch is not None else {}
-            if custom.get("model") == model and (custom.get("version"), custom.get("parent")) == (version, parent):
+            signed_for = tuple(custom.get(k) for k in ("model", "version", "kind", "artifact", "parent"))
+            if signed_for == (model, version, "patch", kind, parent):
                 patches[parent] = patch
         parent = choose_parent(version, held, {p: i.length for p, i in patches.items()}, info.length)
         if parent is None:
