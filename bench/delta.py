@@ -86,13 +86,12 @@ def run(model_dir: Path, step: Progress) -> dict[str, Any]:
         (patch,) = (repo.targets_dir / manifest.name / "patches").glob(f"*.onnx-int8-v{manifest.version}-to-*")
         patch_bytes = patch.stat().st_size
         step(f"patch sizes when {', '.join(f'{f:.0%}' for f in SWEEP)} of the weights move")
-        old = (model_dir / artifact.file).read_bytes()
         sweep = {}
         for fraction in SWEEP:
             moved = fine_tuned(model_dir, tmp / f"sweep-{fraction}", manifest.version + 1, fraction=fraction)
-            new = (moved / artifact.file).read_bytes()
-            made = make_patch(old, new, max_ratio=float("inf"))
-            sweep[str(fraction)] = ratio(len(made or b""), len(new))
+            made = tmp / f"sweep-{fraction}.bsdiff"
+            make_patch(model_dir / artifact.file, moved / artifact.file, made, max_ratio=float("inf"))
+            sweep[str(fraction)] = ratio(made.stat().st_size, artifact.size)
     report = {
         "model": f"{manifest.name} onnx-int8",
         "artifact_bytes": artifact.size,

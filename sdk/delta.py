@@ -9,16 +9,28 @@ length and sha256; otherwise it fetches the full file.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Collection, Mapping
+from pathlib import Path
 
 import bsdiff4
 
 from sdk.errors import PatchUnusable
 
-__all__ = ["MAX_DIFF_BYTES", "MAX_PATCH_RATIO", "choose_parent", "make_patch", "patch_target", "rebuild"]
+__all__ = [
+    "DIFF_TIMEOUT_S",
+    "MAX_DIFF_BYTES",
+    "MAX_PATCH_RATIO",
+    "choose_parent",
+    "make_patch",
+    "patch_target",
+    "rebuild",
+]
 
 MAX_PATCH_RATIO = 0.8  # a patch at least this fraction of the full artifact saves too little to be worth a rebuild
-MAX_DIFF_BYTES = 256 * 1024 * 1024  # bsdiff's suffix sort takes about 16 bytes of memory per byte of the old file
+MAX_DIFF_BYTES = 256 * 1024 * 1024  # past this a diff costs more memory and time than a release should
+DIFF_TIMEOUT_S = 600.0
 _MAGIC = b"BSDIFF40"
 _HEADER = 32  # magic, then the control, diff and new-file lengths, 8 bytes each
 
@@ -28,12 +40,29 @@ def patch_target(model: str, kind: str, parent: int, version: int) -> str:
     return f"{model}/patches/{kind}-v{parent}-to-v{version}.bsdiff"
 
 
-def make_patch(old: bytes, new: bytes, *, max_ratio: float = MAX_PATCH_RATIO) -> bytes | None:
-    """The patch from ``old`` to ``new``; None when it would be ``max_ratio`` of ``new`` or more, or too costly."""
-    if max(len(old), len(new)) > MAX_DIFF_BYTES:
-        return None
-    patch = bsdiff4.diff(old, new)
-    return patch if len(patch) < max_ratio * len(new) else None
+def make_patch(
+    old: Path, new: Path, out: Path, *, max_ratio: float = MAX_PATCH_RATIO, timeout_s: float = DIFF_TIMEOUT_S
+) -> bool:
+    """Write the patch from ``old`` to ``new`` at ``out``; False, writing nothing, when it saves too little.
+
+    Raises:
+        subprocess.SubprocessError: the diff failed or took longer than ``timeout_s``.
+    """
+    size = new.stat().st_size
+    if max(old.stat().st_size, size) > MAX_DIFF_BYTES:
+        return False
+    # bsdiff holds the GIL for the whole diff (seconds for a few MB) and about 16 bytes of memory per byte of
+    # ``old``: a child process leaves the server's threads serving and its memory apart.
+    command = [sys.executable, "-c", "import sys, bsdiff4; bsdiff4.file_diff(*sys.argv[1:])", str(old), str(new)]
+    try:
+        subprocess.run([*command, str(out)], check=True, capture_output=True, timeout=timeout_s)
+        if out.stat().st_size < max_ratio * size:
+            return True
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    out.unlink()
+    return False
 
 
 def rebuild(old: bytes, patch: bytes, *, sha256: str, size: int) -> bytes:

@@ -18,14 +18,18 @@ the previous release that was not aborted (:mod:`sdk.delta`), when the patch is 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from securesystemslib.signer import Signer
 from tuf.api.metadata import (
@@ -46,8 +50,24 @@ from sdk.manifest import ARTIFACT_KINDS, load_manifest, verify_files
 
 __all__ = ["ReleaseRepository", "ReleaseState"]
 
+log = logging.getLogger("fedge.cloud.repository")
+
 ReleaseState = Literal["active", "paused", "aborted"]
 _SERIALIZER = JSONSerializer(compact=False)
+
+
+_T = TypeVar("_T")
+
+
+def _serialized(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run a writing method under the repository's lock: each one reads the newest metadata and bumps its version."""
+
+    @functools.wraps(method)
+    def locked(self: ReleaseRepository, *args: Any, **kwargs: Any) -> _T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def _expiry(delta: dt.timedelta) -> dt.datetime:
@@ -86,6 +106,7 @@ class ReleaseRepository:
         self.targets_expiry = targets_expiry
         self.root_expiry = root_expiry
         self._online = keys.online()
+        self._lock = threading.RLock()  # releases run off the event loop, next to changes and the timestamp schedule
 
     @classmethod
     def create(cls, directory: str | os.PathLike[str], keys: KeySet, **expiries: dt.timedelta) -> ReleaseRepository:
@@ -137,6 +158,7 @@ class ReleaseRepository:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @_serialized
     def release(
         self,
         model_dir: str | os.PathLike[str],
@@ -187,7 +209,10 @@ class ReleaseRepository:
         return next(r for r in self.releases() if (r["model"], r["version"]) == (manifest.name, manifest.version))
 
     def _add_patches(self, targets: Targets, base: dict[str, Any], artifacts: list[tuple[str, Path]]) -> None:
-        """Sign a patch per artifact kind from the newest earlier release not aborted, where it is small enough."""
+        """Sign a patch per artifact kind from the newest earlier release not aborted, where it is small enough.
+
+        A patch that cannot be made is logged and left out: devices then fetch the full artifact.
+        """
         model, version = base["model"], base["version"]
         earlier = {
             c["version"]: c
@@ -202,14 +227,24 @@ class ReleaseRepository:
         out_dir.mkdir(parents=True, exist_ok=True)
         for kind, path in artifacts:
             old = self._stored(targets, model, parent, kind)
-            patch = None if old is None else make_patch(old.read_bytes(), path.read_bytes())
-            if patch is None:
+            target = patch_target(model, kind, parent, version)
+            name = target.rsplit("/", 1)[1]
+            made = out_dir / f".{name}.{os.getpid()}"
+            try:
+                if old is None or not make_patch(old, path, made):
+                    continue
+            except (subprocess.SubprocessError, OSError) as exc:
+                log.warning("no patch %s: %s", target, exc)
                 continue
-            info = TargetFile.from_data(patch_target(model, kind, parent, version), patch, ["sha256"])
-            custom = {**base, "kind": "patch", "state": "active", "artifact": kind, "parent": parent}
-            info.unrecognized_fields["custom"] = custom
-            name = info.path.rsplit("/", 1)[1]
-            _write_atomic(out_dir / f"{info.hashes['sha256']}.{name}", patch)
+            info = TargetFile.from_file(target, str(made), ["sha256"])
+            info.unrecognized_fields["custom"] = {
+                **base,
+                "kind": "patch",
+                "state": "active",
+                "artifact": kind,
+                "parent": parent,
+            }
+            os.replace(made, out_dir / f"{info.hashes['sha256']}.{name}")
             targets.targets[info.path] = info
 
     def _stored(self, targets: Targets, model: str, version: int, kind: str) -> Path | None:
@@ -221,6 +256,7 @@ class ReleaseRepository:
                 return self.targets_dir / directory / f"{info.hashes['sha256']}.{name}"
         return None
 
+    @_serialized
     def update_release(
         self, model: str, version: int, *, state: ReleaseState | None = None, rollout: int | None = None
     ) -> dict[str, Any]:
@@ -249,6 +285,7 @@ class ReleaseRepository:
         self._publish(md)
         return next(r for r in self.releases() if (r["model"], r["version"]) == (model, version))
 
+    @_serialized
     def refresh_timestamp(self) -> int:
         """Re-sign the timestamp with a fresh expiry (run on a schedule); return its version."""
         md = self._latest("timestamp")
@@ -257,6 +294,7 @@ class ReleaseRepository:
         self._sign_write(md, "timestamp", "timestamp.json")
         return md.signed.version
 
+    @_serialized
     def rotate_root(self, old_signers: Sequence[Signer], new_signers: Sequence[Signer], threshold: int) -> int:
         """Replace the root keys: the new root is signed by the old keys and the new ones; return its version."""
         md = self._latest("root")

@@ -87,9 +87,7 @@ def test_rebuild_returns_only_the_signed_bytes():
     new = bytearray(old)
     new[100:110] = b"fine-tuned"
     new = bytes(new)
-    patch = make_patch(old, new)
-    assert patch is not None
-    assert len(patch) < len(new) // 10
+    patch = bsdiff4.diff(old, new)
     assert rebuild(old, patch, sha256=hashlib.sha256(new).hexdigest(), size=len(new)) == new
     with pytest.raises(PatchUnusable, match="sha256"):  # applied to another base: other bytes
         rebuild(os.urandom(20_000), patch, sha256=hashlib.sha256(new).hexdigest(), size=len(new))
@@ -101,8 +99,16 @@ def test_rebuild_returns_only_the_signed_bytes():
         rebuild(old, patch[:-20], sha256=hashlib.sha256(new).hexdigest(), size=len(new))
 
 
-def test_a_patch_that_saves_too_little_is_not_made():
-    assert make_patch(os.urandom(5_000), os.urandom(5_000)) is None
+def test_a_patch_is_made_only_when_it_saves_enough(tmp_path):
+    old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "patch"
+    old.write_bytes(os.urandom(20_000))
+    new.write_bytes(old.read_bytes()[:5_000] + b"fine-tuned" + old.read_bytes()[5_010:])
+    assert make_patch(old, new, out)
+    assert out.stat().st_size < 2_000
+    assert bsdiff4.patch(old.read_bytes(), out.read_bytes()) == new.read_bytes()
+    new.write_bytes(os.urandom(20_000))  # nothing in common: the patch would be as big as the file
+    assert not make_patch(old, new, out)
+    assert not out.exists()
 
 
 # -- the cloud signs patches ----------------------------------------------------------------------------
