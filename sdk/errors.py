@@ -35,8 +35,9 @@ FedgeError
 │   ├── RepositoryUnreachable   the release repository cannot be reached or hung up mid-transfer
 │   ├── DeviceResourceError     the device ran out of disk or memory, or could not write a file
 │   ├── UpdateRejected          metadata or artifact failed verification (TUF, hash, size)
-│   │   └── ReleaseUnusable     the signed release itself cannot serve this device
-│   │       └── PolicyRefused   its signed lineage breaks the device's privacy policy (max_epsilon, min_clients)
+│   │   ├── ReleaseUnusable     the signed release itself cannot serve this device
+│   │   │   └── PolicyRefused   its signed lineage breaks the device's privacy policy (max_epsilon, min_clients)
+│   │   └── PatchUnusable       a binary patch does not rebuild the signed artifact (the full file is fetched)
 │   └── SmokeTestFailed         the new model did not load or failed its probe
 └── PrivacyBudgetExhausted      the differential-privacy budget is spent
 ```
@@ -75,6 +76,7 @@ __all__ = [
     "NonFiniteInput",
     "NotFound",
     "Overloaded",
+    "PatchUnusable",
     "PayloadTooLarge",
     "PolicyRefused",
     "PrivacyBudgetExhausted",
@@ -254,6 +256,10 @@ class ReleaseUnusable(UpdateRejected):
 
 class PolicyRefused(ReleaseUnusable):
     """The release's signed lineage breaks this device's privacy policy (too much epsilon, too few clients)."""
+
+
+class PatchUnusable(UpdateRejected):
+    """A binary patch does not rebuild the signed artifact; the device fetches the full file instead."""
 
 
 class SmokeTestFailed(UpdateError):

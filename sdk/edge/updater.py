@@ -11,7 +11,8 @@ endless data and untrusted keys are refused there), read the model's signed rele
 pick the newest active release for this device's channel that its rollout bucket admits, that
 carries this device's target and that the device did not refuse before; download the manifest,
 the artifact for this device's target and the probe (each verified against the signed length and
-sha256, before anything is written into the model directory), check that the manifest is the
+sha256, before anything is written into the model directory; the artifact rebuilt from the version
+the device holds and a signed patch when there is one, :mod:`sdk.delta`), check that the manifest is the
 release it claims and that its signed lineage keeps to this device's privacy policy
 (:mod:`sdk.edge.privacy_policy`; a release that breaks it is refused before its artifact is
 downloaded), load it through the engine (its input and output signature against the manifest)
@@ -44,6 +45,7 @@ from typing import Any
 from sdk.backoff import Backoff
 from sdk.config import check as check_config
 from sdk.config import load_section
+from sdk.delta import choose_parent, patch_target, rebuild
 from sdk.edge.config import EdgeConfig
 from sdk.edge.install import ModelStore
 from sdk.edge.privacy_policy import PrivacyPolicy
@@ -189,6 +191,8 @@ class ModelUpdater:
             max_error_rate=config.max_error_rate,
             max_error_run=config.max_error_run,
         )
+        self.patches_applied = 0  # artifacts rebuilt from a held version and a signed patch
+        self.patch_failures = 0  # patches that failed to download, apply or verify: the full file came instead
         self._lock = threading.Lock()
         self._settled_timestamp: int | None = None  # the signed timestamp's version at the last clean check
         self._metadata_dir = store.root / "tuf"
@@ -374,8 +378,62 @@ class ModelUpdater:
             if info is None:
                 raise ReleaseUnusable(f"the signed metadata has no {prefix}{name}")
             self._check_signed_for(info, prefix, model, version)
-            self._fetch(updater, info, staging / name)
+            if name != artifact.file or not self._patched(updater, info, version, staging / name):
+                self._fetch(updater, info, staging / name)
         write_fetched(staging, [self.config.target])
+
+    def _patched(self, updater: Any, info: Any, version: int, out: Path) -> bool:
+        """Rebuild the artifact ``info`` at ``out`` from a held version and its signed patch; False: fetch it whole.
+
+        A patch that fails to download, apply or verify is counted and reported, and the device
+        fetches the full file: it never ends the check.
+        """
+        model, kind = self.config.model, self.config.target
+        held = self._held_artifacts()
+        patches: dict[int, Any] = {}
+        for parent in held:
+            patch = updater.get_targetinfo(patch_target(model, kind, parent, version))
+            custom = patch.unrecognized_fields.get("custom", {}) if patch is not None else {}
+            signed_for = tuple(custom.get(k) for k in ("model", "version", "kind", "artifact", "parent"))
+            if signed_for == (model, version, "patch", kind, parent):
+                patches[parent] = patch
+        parent = choose_parent(version, held, {p: i.length for p, i in patches.items()}, info.length)
+        if parent is None:
+            return False
+        fetched = out.with_name(".patch")
+        try:
+            with map_update_errors():
+                self._fetch(updater, patches[parent], fetched)
+                data = rebuild(
+                    held[parent].read_bytes(), fetched.read_bytes(), sha256=info.hashes["sha256"], size=info.length
+                )
+                out.write_bytes(data)
+        except FedgeError as exc:
+            self.patch_failures += 1
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("the patch from v%s to v%s failed, fetching the full artifact: %s", parent, version, reason)
+            self.report("patch-failed", target_version=version, parent=parent, reason=reason)
+            out.unlink(missing_ok=True)
+            return False
+        finally:
+            fetched.unlink(missing_ok=True)
+        self.patches_applied += 1
+        self.report("patched", target_version=version, parent=parent, patch_bytes=patches[parent].length)
+        return True
+
+    def _held_artifacts(self) -> dict[int, Path]:
+        """This device's artifact file in each version it holds (``current`` and ``previous``), by version."""
+        held: dict[int, Path] = {}
+        for directory in (self.store.current(), self.store.previous()):
+            if directory is None:
+                continue
+            try:
+                artifact = load_manifest(directory).artifacts.get(self.config.target)
+            except ModelError:
+                continue  # a damaged version is no parent; the full file will come
+            if artifact is not None and (directory / artifact.file).is_file():
+                held[self.store.version_of(directory)] = directory / artifact.file
+        return held
 
     def _check_signed_for(self, info: Any, prefix: str, model: str, version: int) -> None:
         custom = info.unrecognized_fields.get("custom", {})

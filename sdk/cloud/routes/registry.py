@@ -11,6 +11,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Body, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from sdk.cloud.deps import Admin, Authorized, RegistryDep, State
 from sdk.cloud.model_archive import unpack_model
@@ -119,7 +120,10 @@ async def list_versions(name: str, registry: RegistryDep) -> list[dict[str, Any]
 )
 async def create_release(request: Annotated[ReleaseRequest, Body()], registry: RegistryDep) -> dict[str, Any]:
     """Sign the version into the TUF repository and send the retained MQTT notice (admin key)."""
-    return registry.release(request.model, request.version, channel=request.channel, rollout=request.rollout)
+    # Off the event loop: signing and making the patches take seconds for a large model.
+    return await run_in_threadpool(
+        registry.release, request.model, request.version, channel=request.channel, rollout=request.rollout
+    )
 
 
 @router.patch(
