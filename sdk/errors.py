@@ -29,14 +29,16 @@ FedgeError
 ├── BrokerUnavailable           the Mosquitto binary is missing or the broker did not start
 ├── RegistryError               the model registry refused an operation
 │   ├── NotFound                no such model, version, release or device
-│   └── Conflict                the operation contradicts the registry's state
+│   ├── Conflict                the operation contradicts the registry's state
+│   └── RegistryRefused         the registry service answered with another error, or could not be reached
 ├── UpdateError                 an over-the-air update did not install
 │   ├── RepositoryUnreachable   the release repository cannot be reached or hung up mid-transfer
 │   ├── DeviceResourceError     the device ran out of disk or memory, or could not write a file
 │   ├── UpdateRejected          metadata or artifact failed verification (TUF, hash, size)
 │   │   └── ReleaseUnusable     the signed release itself cannot serve this device
 │   └── SmokeTestFailed         the new model did not load or failed its probe
-└── PrivacyBudgetExhausted      the differential-privacy budget is spent
+├── PrivacyBudgetExhausted      the differential-privacy budget is spent
+└── GateRefused                 a round's model is at chance level, below the floor, or below the release
 ```
 
 Misuse of the API (calling a closed runtime, a negative argument) raises the
@@ -62,6 +64,7 @@ __all__ = [
     "EngineLoadFailed",
     "ExportError",
     "FedgeError",
+    "GateRefused",
     "InputDtypeError",
     "InputShapeError",
     "InvalidInput",
@@ -76,6 +79,7 @@ __all__ = [
     "PayloadTooLarge",
     "PrivacyBudgetExhausted",
     "RegistryError",
+    "RegistryRefused",
     "ReleaseUnusable",
     "RemoteError",
     "RepositoryUnreachable",
@@ -224,6 +228,10 @@ class Conflict(RegistryError):
     """The operation contradicts the registry's current state."""
 
 
+class RegistryRefused(RegistryError):
+    """The registry service answered with an error other than not-found or conflict, or could not be reached."""
+
+
 class UpdateError(FedgeError):
     """An over-the-air update did not install; the device keeps its current model."""
 
@@ -250,3 +258,7 @@ class SmokeTestFailed(UpdateError):
 
 class PrivacyBudgetExhausted(FedgeError):
     """The differential-privacy budget (epsilon) is spent; no further round may run."""
+
+
+class GateRefused(FedgeError):
+    """A round's model is at chance level, below the configured floor, or below the current release."""

@@ -1,0 +1,80 @@
+"""A client of the registry's HTTP API (`fedge cloud serve`), for the `fedge registry` commands and the federation.
+
+Keys come from the caller (the CLI and the federation read ``FEDGE_ADMIN_KEY`` /
+``FEDGE_API_KEY`` from the environment) and are sent only as the ``X-API-Key`` header.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import Conflict, NotFound, RegistryRefused
+from sdk.manifest import load_manifest
+
+__all__ = ["RegistryClient", "call"]
+
+
+def call(method: str, url: str, *, key: str | None, timeout_s: float = 300.0, **kwargs: Any) -> Any:
+    """One request to the registry; its JSON answer, or NotFound (404), Conflict (409) or RegistryRefused."""
+    import httpx
+
+    headers = {**kwargs.pop("headers", {}), **({"X-API-Key": key} if key else {})}
+    try:
+        response = httpx.request(method, url, headers=headers, timeout=timeout_s, **kwargs)
+    except httpx.HTTPError as exc:
+        raise RegistryRefused(f"{url}: {exc}") from None
+    if response.is_error:
+        try:
+            detail = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            detail = response.text[:300]
+        error = {404: NotFound, 409: Conflict}.get(response.status_code, RegistryRefused)
+        raise error(f"{response.status_code}: {detail}")
+    return response.json()
+
+
+class RegistryClient:
+    """Versions of a registry reached over HTTP at ``url`` (``http://host:8000``)."""
+
+    def __init__(self, url: str, key: str | None = None, *, timeout_s: float = 300.0) -> None:
+        """Talk to ``url`` with ``key`` (an admin key uploads; any key lists)."""
+        self.url = url.rstrip("/")
+        self.key = key
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.url!r})"  # never the key
+
+    def versions(self, model: str) -> list[dict[str, Any]]:
+        """Every registered version of ``model``, oldest first (none for a model the registry does not know)."""
+        try:
+            url = f"{self.url}/v1/registry/models/{model}/versions"
+            return call("GET", url, key=self.key, timeout_s=self.timeout_s)
+        except NotFound:
+            return []
+
+    def latest_version(self, model: str) -> int:
+        """The highest version number registered for ``model`` (0 when none)."""
+        return max((int(v["version"]) for v in self.versions(model)), default=0)
+
+    def upload(self, model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """Register a model directory as the version its manifest names; Conflict when that number is taken."""
+        directory = Path(model_dir)
+        manifest = load_manifest(directory)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for path in sorted(directory.iterdir()):
+                if path.is_file():
+                    tar.add(path, arcname=path.name)
+        return call(
+            "POST",
+            f"{self.url}/v1/registry/models/{manifest.name}/versions",
+            key=self.key,
+            timeout_s=self.timeout_s,
+            content=buffer.getvalue(),
+            headers={"Content-Type": "application/gzip"},
+        )
