@@ -80,6 +80,7 @@ class ValidationGate:
     max_drop: float = 0.0
     margin: float = 0.0
     best: GateDecision | None = None
+    _before: GateDecision | None = None
 
     @property
     def floor(self) -> float:
@@ -92,8 +93,13 @@ class ValidationGate:
         reason = self._refusal(accuracy)
         decision = GateDecision(server_round, accuracy, reason is None, self.floor, reason or "accepted")
         if decision.accepted:
-            self.best = decision
+            self._before, self.best = self.best, decision
         return decision
+
+    def withdraw(self, decision: GateDecision) -> None:
+        """Forget an accepted model that could not be kept: the candidate before it is again the one to beat."""
+        if self.best is decision:
+            self.best = self._before
 
     def _refusal(self, accuracy: float) -> str | None:
         if accuracy <= self.chance:

@@ -95,6 +95,7 @@ def run_federation(grid: Grid, context: Context, settings: FederationSettings) -
             stored = store.export(model, split, lineage, tflite=settings.export_tflite)
         except (ExportError, RegistryError) as exc:
             log.warning("round %d model not kept: %s", server_round, exc)
+            gate.withdraw(decision)
             refused = {"accepted": False, "reason": str(exc), "error": type(exc).__name__}
             refusals.append({**decision.as_record(), **refused})
             return loss, metrics
