@@ -146,12 +146,10 @@ def run_federation(grid: Grid, context: Context, settings: FederationSettings) -
 
 
 def _version_store(settings: FederationSettings) -> VersionStore | None:
-    """Where accepted models go; with ``registry-url``, numbered by the registry (key: FEDGE_ADMIN_KEY)."""
+    """Where accepted models go; with ``registry-url``, numbered by the registry (FEDGE_ADMIN_KEY, FEDGE_API_KEY)."""
     if not settings.versions_dir:
         return None
-    registry = None
-    if settings.registry_url:
-        registry = RegistryClient(settings.registry_url, os.environ.get("FEDGE_ADMIN_KEY"))
+    registry = RegistryClient.from_env(settings.registry_url) if settings.registry_url else None
     return VersionStore(settings.versions_dir, settings.model_name, registry=registry)
 
 

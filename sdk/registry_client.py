@@ -40,11 +40,19 @@ def call(method: str, url: str, *, key: str | None, timeout_s: float = 300.0, **
 class RegistryClient:
     """Versions of a registry reached over HTTP at ``url`` (``http://host:8000``)."""
 
-    def __init__(self, url: str, key: str | None = None, *, timeout_s: float = 300.0) -> None:
-        """Talk to ``url`` with ``key`` (an admin key uploads; any key lists)."""
+    def __init__(
+        self, url: str, key: str | None = None, *, read_key: str | None = None, timeout_s: float = 300.0
+    ) -> None:
+        """Upload with ``key`` (an admin key); list with ``read_key`` (an API key), else with ``key``."""
         self.url = url.rstrip("/")
         self.key = key
+        self.read_key = read_key or key
         self.timeout_s = timeout_s
+
+    @classmethod
+    def from_env(cls, url: str) -> RegistryClient:
+        """A client with the keys of this environment: ``FEDGE_ADMIN_KEY`` uploads, ``FEDGE_API_KEY`` lists."""
+        return cls(url, os.environ.get("FEDGE_ADMIN_KEY"), read_key=os.environ.get("FEDGE_API_KEY"))
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.url!r})"  # never the key
@@ -53,7 +61,7 @@ class RegistryClient:
         """Every registered version of ``model``, oldest first (none for a model the registry does not know)."""
         try:
             url = f"{self.url}/v1/registry/models/{model}/versions"
-            return call("GET", url, key=self.key, timeout_s=self.timeout_s)
+            return call("GET", url, key=self.read_key, timeout_s=self.timeout_s)
         except NotFound:
             return []
 

@@ -94,7 +94,7 @@ def _show(data: Any, as_json: bool, columns: tuple[str, ...]) -> None:
 @registry_app.command()
 def upload(model_dir: Path, url: UrlOpt = "http://127.0.0.1:8000", as_json: JsonOpt = False) -> None:
     """Upload a model directory (from `fedge export` or a federation run) as a new version."""
-    data = RegistryClient(url, _key(admin=True)).upload(model_dir)
+    data = RegistryClient.from_env(url).upload(model_dir)
     _show(data, as_json, ("model", "version", "released"))
 
 

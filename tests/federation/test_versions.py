@@ -12,7 +12,7 @@ import pytest
 from bench.versions import make_version
 from federation.runner import SuperLink, run_app
 from federation.settings import FederationSettings
-from federation.versions import VersionStore
+from federation.versions import VersionStore, split_key
 from sdk.cloud.app import create_app
 from sdk.cloud.config import CloudConfig
 from sdk.cloud.registry import Registry
@@ -20,23 +20,28 @@ from sdk.cloud.repository import ReleaseRepository
 from sdk.cloud.server import BackgroundServer
 from sdk.cloud.signing import init_keys
 from sdk.manifest import load_manifest
-from sdk.registry_client import RegistryClient
+from sdk.registry_client import RegistryClient, call
 
 pytestmark = pytest.mark.slow
 
 ADMIN = "federation-admin-0123456789"
+READER = "federation-reader-0123456789"
 LINEAGE = {"source": "test", "metrics": {"val_accuracy": 0.9}}
 
 
 @pytest.fixture
 def registry(tmp_path, model_dir):
-    """A registry service holding digits v1 and v2 (uploaded as `fedge registry upload` does); its client."""
+    """A registry service holding digits v1 and v2 (uploaded as `fedge registry upload` does); its client.
+
+    Reads need an API key and uploads an admin key, as in production.
+    """
     keys = init_keys(tmp_path / "keys" / "online", tmp_path / "keys" / "root")
     repo = ReleaseRepository.create(tmp_path / "repository", keys)
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "store", repo)
-    app = create_app({}, CloudConfig(admin_keys=(ADMIN,)), repository_dir=repo.directory, registry=registry)
+    config = CloudConfig(api_keys=(READER,), admin_keys=(ADMIN,))
+    app = create_app({}, config, repository_dir=repo.directory, registry=registry)
     with BackgroundServer(app) as server:
-        client = RegistryClient(server.url, ADMIN)
+        client = RegistryClient(server.url, ADMIN, read_key=READER)
         for version in (1, 2):
             client.upload(make_version(model_dir, tmp_path / "registered" / f"v{version}", version))
         yield client
@@ -64,8 +69,14 @@ def test_without_a_registry_numbers_continue_after_the_highest_version_here(
 
 
 def test_versions_take_the_registrys_next_number_and_register_cleanly(registry, tmp_path, digits_model, digits_split):
-    first = VersionStore(tmp_path / "run-1", "digits", registry=registry).export(digits_model, digits_split, LINEAGE)
+    split = split_key(0, len(digits_split.y_val))
+    run_1 = VersionStore(tmp_path / "run-1", "digits", registry=registry)
+    first = run_1.export(digits_model, digits_split, {**LINEAGE, "validation_split": split})
     assert (first.version, first.registry_error) == (3, None)
+    assert run_1.release_accuracy(split) is None  # registered is not released
+    call("POST", f"{registry.url}/v1/registry/releases", key=ADMIN, json={"model": "digits", "version": 3})
+    assert run_1.release_accuracy(split) == 0.9  # the release's accuracy on this very split is the baseline
+    assert run_1.release_accuracy(split_key(1, len(digits_split.y_val))) is None  # another split's is not
     # a second run, with its own empty folder, does not start again at 1
     second = VersionStore(tmp_path / "run-2", "digits", registry=registry).export(digits_model, digits_split, LINEAGE)
     assert (second.version, second.registry_error) == (4, None)
@@ -88,9 +99,10 @@ def test_a_number_taken_while_exporting_moves_to_the_next(registry, tmp_path, di
 
 @pytest.fixture(scope="module")
 def admin_link():
-    """A simulation SuperLink whose ServerApp process holds the registry's admin key (FEDGE_ADMIN_KEY)."""
+    """A simulation SuperLink whose ServerApp process holds the registry's keys (FEDGE_ADMIN_KEY, FEDGE_API_KEY)."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FEDGE_ADMIN_KEY", ADMIN)
+        env.setenv("FEDGE_API_KEY", READER)
         with SuperLink(simulation=True) as running:
             yield running
 
