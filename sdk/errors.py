@@ -30,7 +30,8 @@ FedgeError
 ├── RegistryError               the model registry refused an operation
 │   ├── NotFound                no such model, version, release or device
 │   ├── Conflict                the operation contradicts the registry's state
-│   └── StatusRejected          a device's status report is malformed, oversized or names another device
+│   ├── StatusRejected          a device's status report is malformed, oversized or names another device
+│   └── RegistryRefused         the registry service answered with another error, or could not be reached
 ├── UpdateError                 an over-the-air update did not install
 │   ├── RepositoryUnreachable   the release repository cannot be reached or hung up mid-transfer
 │   ├── DeviceResourceError     the device ran out of disk or memory, or could not write a file
@@ -39,7 +40,8 @@ FedgeError
 │   │   │   └── PolicyRefused   its signed lineage breaks the device's privacy policy (max_epsilon, min_clients)
 │   │   └── PatchUnusable       a binary patch does not rebuild the signed artifact (the full file is fetched)
 │   └── SmokeTestFailed         the new model did not load or failed its probe
-└── PrivacyBudgetExhausted      the differential-privacy budget is spent
+├── PrivacyBudgetExhausted      the differential-privacy budget is spent
+└── GateRefused                 a round's model is at chance level, below the floor, or below the release
 ```
 
 Misuse of the API (calling a closed runtime, a negative argument) raises the
@@ -65,6 +67,7 @@ __all__ = [
     "EngineLoadFailed",
     "ExportError",
     "FedgeError",
+    "GateRefused",
     "InputDtypeError",
     "InputShapeError",
     "InvalidInput",
@@ -81,6 +84,7 @@ __all__ = [
     "PolicyRefused",
     "PrivacyBudgetExhausted",
     "RegistryError",
+    "RegistryRefused",
     "ReleaseUnusable",
     "RemoteError",
     "RepositoryUnreachable",
@@ -234,6 +238,10 @@ class StatusRejected(RegistryError):
     """A device's status report is malformed, oversized, or names a device other than its topic's."""
 
 
+class RegistryRefused(RegistryError):
+    """The registry service answered with an error other than not-found or conflict, or could not be reached."""
+
+
 class UpdateError(FedgeError):
     """An over-the-air update did not install; the device keeps its current model."""
 
@@ -268,3 +276,7 @@ class SmokeTestFailed(UpdateError):
 
 class PrivacyBudgetExhausted(FedgeError):
     """The differential-privacy budget (epsilon) is spent; no further round may run."""
+
+
+class GateRefused(FedgeError):
+    """A round's model is at chance level, below the configured floor, or below the current release."""

@@ -6,10 +6,8 @@ The registry commands talk to ``fedge cloud serve`` over HTTP; the key comes fro
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +15,7 @@ import typer
 from rich.table import Table
 
 from sdk.cli.console import console
-from sdk.errors import FedgeError
+from sdk.registry_client import RegistryClient, call
 
 __all__ = ["register"]
 
@@ -26,10 +24,6 @@ registry_app = typer.Typer(help="Model registry: versions, releases, fleet (talk
 
 UrlOpt = Annotated[str, typer.Option(envvar="FEDGE_REGISTRY_URL", help="Base URL of the cloud service.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-class RegistryRefused(FedgeError):
-    """The registry answered with an error."""
 
 
 @keys_app.command("init")
@@ -76,22 +70,12 @@ def keys_rotate_root(
     console.print(f"root v{version} signed by {len(old)} old and {root_keys} new keys (any {threshold} sign the next)")
 
 
-def _call(method: str, url: str, *, admin: bool, **kwargs: Any) -> Any:
-    import httpx
+def _key(admin: bool) -> str | None:
+    return os.environ.get("FEDGE_ADMIN_KEY" if admin else "FEDGE_API_KEY") or os.environ.get("FEDGE_ADMIN_KEY")
 
-    key = os.environ.get("FEDGE_ADMIN_KEY" if admin else "FEDGE_API_KEY") or os.environ.get("FEDGE_ADMIN_KEY")
-    headers = {**kwargs.pop("headers", {}), **({"X-API-Key": key} if key else {})}
-    try:
-        response = httpx.request(method, url, headers=headers, timeout=300, **kwargs)
-    except httpx.HTTPError as exc:
-        raise RegistryRefused(f"{url}: {exc}") from None
-    if response.is_error:
-        try:
-            detail = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            detail = response.text[:300]
-        raise RegistryRefused(f"{response.status_code}: {detail}")
-    return response.json()
+
+def _call(method: str, url: str, *, admin: bool, **kwargs: Any) -> Any:
+    return call(method, url, key=_key(admin), **kwargs)
 
 
 def _show(data: Any, as_json: bool, columns: tuple[str, ...]) -> None:
@@ -109,24 +93,8 @@ def _show(data: Any, as_json: bool, columns: tuple[str, ...]) -> None:
 
 @registry_app.command()
 def upload(model_dir: Path, url: UrlOpt = "http://127.0.0.1:8000", as_json: JsonOpt = False) -> None:
-    """Upload a model directory (from `fedge export` or a federation run) as a new version: its listed files."""
-    from sdk.manifest import MANIFEST_FILE, load_manifest
-
-    manifest = load_manifest(model_dir)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        # The files the manifest lists and nothing else (the registry refuses any other), the manifest first;
-        # one missing is left for the registry to name.
-        for name in [MANIFEST_FILE, *manifest.listed_files]:
-            if (model_dir / name).is_file():
-                tar.add(model_dir / name, arcname=name)
-    data = _call(
-        "POST",
-        f"{url}/v1/registry/models/{manifest.name}/versions",
-        admin=True,
-        content=buffer.getvalue(),
-        headers={"Content-Type": "application/gzip"},
-    )
+    """Upload a model directory (from `fedge export` or a federation run) as a new version."""
+    data = RegistryClient.from_env(url).upload(model_dir)
     _show(data, as_json, ("model", "version", "released"))
 
 
