@@ -37,9 +37,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.federation
 	$(BIN)/python -m bench.ota
+	$(BIN)/python -m bench.delta
 	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.broker
+	$(BIN)/python -m bench.telemetry
 
 clean:
 	rm -rf .fedge-demo .pytest_cache .ruff_cache

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sdk.loading import LoadOptions, load_model
 from sdk.manifest import file_digest, load_manifest
 
-__all__ = ["make_version", "with_wrong_probe"]
+__all__ = ["fine_tuned", "make_version", "with_wrong_probe"]
 
 
 def make_version(model_dir: Path, out: Path, version: int) -> Path:
@@ -32,3 +33,46 @@ def with_wrong_probe(model_dir: Path) -> Path:
     sha, size = file_digest(path)
     dataclasses.replace(manifest, probe=dataclasses.replace(manifest.probe, sha256=sha, size=size)).write(model_dir)
     return model_dir
+
+
+def fine_tuned(model_dir: Path, out: Path, version: int, *, fraction: float = 0.05, seed: int = 0) -> Path:
+    """A copy of ``model_dir`` as ``version`` whose int8 ONNX weights moved as a short fine-tune moves them.
+
+    ``fraction`` of the quantized weights move by one step (the rest keep their int8 value, as most
+    do when a round changes the float weights slightly); the probe's expected output for that artifact
+    is recorded again from the changed model, and the manifest re-signs both files.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    make_version(model_dir, out, version)
+    manifest = load_manifest(out)
+    artifact = manifest.artifacts["onnx-int8"]
+    graph = onnx.load(out / artifact.file)
+    rng = np.random.default_rng(seed)
+    for tensor in graph.graph.initializer:
+        if tensor.data_type != onnx.TensorProto.INT8 or len(tensor.dims) < 2:
+            continue  # zero points and scales stay: a fine-tune moves weights
+        weights = numpy_helper.to_array(tensor).astype(np.int16)
+        moved = rng.random(weights.shape) < fraction
+        weights[moved] += rng.choice(np.array([-1, 1], np.int16), size=int(moved.sum()))
+        tensor.CopyFrom(numpy_helper.from_array(np.clip(weights, -127, 127).astype(np.int8), tensor.name))
+    onnx.save(graph, out / artifact.file)
+    sha, size = file_digest(out / artifact.file)
+    manifest = dataclasses.replace(
+        manifest, artifacts={**manifest.artifacts, artifact.kind: dataclasses.replace(artifact, sha256=sha, size=size)}
+    )
+    manifest.write(out)
+    assert manifest.probe is not None, f"{model_dir} has no probe"
+    model = load_model(out, LoadOptions(artifacts=(artifact.kind,), smoke_test=False))
+    try:
+        path = out / manifest.probe.file
+        with np.load(path, allow_pickle=False) as npz:
+            probe = dict(npz.items())
+        probe[f"expected__{artifact.kind}"] = model.backend.run(model.inputs.prepare(probe["input"])[0])
+    finally:
+        model.close()
+    np.savez(path, **probe)
+    sha, size = file_digest(path)
+    dataclasses.replace(manifest, probe=dataclasses.replace(manifest.probe, sha256=sha, size=size)).write(out)
+    return out

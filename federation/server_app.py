@@ -3,7 +3,9 @@
 Per round: sample clients, train on their data, aggregate (SecAgg+ when the privacy mode
 asks: the server only sees the masked sum), add DP noise (client-side clipping, noise on
 the aggregate, epsilon from the RDP accountant), validate the global model on the held-out
-validation split, and export it as a candidate version when it beats the current release.
+validation split, and export it as a candidate version when the gate accepts it (never at
+chance level, never below the floor or the current release); a refusal is recorded with its
+reason in the report's ``refusals``.
 The run config is validated before any node is contacted.
 """
 
@@ -22,12 +24,14 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from federation.accountant import PrivacyAccountant
-from federation.gate import ValidationGate
+from federation.gate import ValidationGate, chance_floor
 from federation.settings import FederationSettings
 from federation.strategy import FedgeStrategy, build_strategy
-from federation.task import DigitsCNN, evaluate, get_weights, load_split, set_seed, set_weights
-from federation.versions import VersionStore
+from federation.task import LABELS, DigitsCNN, Split, evaluate, get_weights, load_split, set_seed, set_weights
+from federation.versions import VersionStore, split_key
 from federation.workflow import fit_with_timeout
+from sdk.errors import ExportError, GateRefused, RegistryError
+from sdk.registry_client import RegistryClient
 
 __all__ = ["app", "run_federation"]
 
@@ -54,40 +58,58 @@ def run_federation(grid: Grid, context: Context, settings: FederationSettings) -
     initial = get_weights(model)
     split = load_split(settings.seed)
     accountant = PrivacyAccountant(settings.delta) if settings.differential_privacy else None
-    store = VersionStore(settings.versions_dir, settings.model_name) if settings.versions_dir else None
-    gate = ValidationGate(
-        release_accuracy=max(settings.baseline_accuracy, store.best_validation_accuracy() if store else 0.0),
-        margin=settings.gate_margin,
-    )
+    store = _version_store(settings)
+    validation = split_key(settings.seed, len(split.y_val))
+    gate = _gate(settings, split, store, validation)
     candidates: list[dict[str, Any]] = []
-    report: dict[str, Any] = {"run_id": context.run_id, "settings": settings.to_run_config()}
+    refusals: list[dict[str, Any]] = []
+    report: dict[str, Any] = {"run_id": context.run_id, "settings": settings.to_run_config(), "gate_floor": gate.floor}
 
     def evaluate_round(server_round: int, arrays: list[np.ndarray]) -> tuple[float, dict[str, Any]]:
         set_weights(model, arrays)
         loss, acc = evaluate(model, split.x_val, split.y_val)
         metrics: dict[str, Any] = {"val_accuracy": round(acc, 5)}
-        if server_round > 0 and store is not None and gate.consider(acc):
-            epsilon = accountant.epsilon if accountant else None
-            manifest = store.export(
-                model,
-                split,
-                {
-                    "source": "federation",
-                    "run_id": str(context.run_id),
-                    "round": server_round,
-                    "privacy": settings.privacy,
-                    "epsilon": epsilon,
-                    "delta": settings.delta if accountant else None,
-                    "clients": settings.clients_per_round,
-                    "strategy": settings.strategy,
-                    "robust": settings.robust,
-                    "metrics": {"val_accuracy": acc, "val_loss": loss},
-                },
-                tflite=settings.export_tflite,
-            )
-            if manifest is not None:
-                metrics["candidate_version"] = manifest.version
-                candidates.append({"version": manifest.version, "round": server_round, "val_accuracy": acc})
+        if server_round == 0 or store is None:
+            return loss, metrics
+        decision = gate.consider(server_round, acc)
+        if not decision.accepted:
+            log.info("round %d not a candidate: %s", server_round, decision.reason)
+            refusals.append({**decision.as_record(), "error": GateRefused.__name__})
+            return loss, metrics
+        epsilon = accountant.epsilon if accountant else None
+        lineage = {
+            "source": "federation",
+            "run_id": str(context.run_id),
+            "round": server_round,
+            "privacy": settings.privacy,
+            "epsilon": epsilon,
+            "delta": settings.delta if accountant else None,
+            "clients": settings.clients_per_round,
+            "strategy": settings.strategy,
+            "robust": settings.robust,
+            "metrics": {"val_accuracy": acc, "val_loss": loss},
+            "validation_split": validation,
+            "gate": decision.as_record(),
+        }
+        try:
+            stored = store.export(model, split, lineage, tflite=settings.export_tflite)
+        except (ExportError, RegistryError) as exc:
+            log.warning("round %d model not kept: %s", server_round, exc)
+            gate.withdraw(decision)
+            refused = {"accepted": False, "reason": str(exc), "error": type(exc).__name__}
+            refusals.append({**decision.as_record(), **refused})
+            return loss, metrics
+        metrics["candidate_version"] = stored.version
+        candidates.append(
+            {
+                "version": stored.version,
+                "round": server_round,
+                "val_accuracy": acc,
+                "directory": str(stored.directory),
+                "registered": None if store.registry is None else stored.registry_error is None,
+                **({"registry_error": stored.registry_error} if stored.registry_error else {}),
+            }
+        )
         return loss, metrics
 
     strategy = FedgeStrategy(
@@ -113,6 +135,7 @@ def run_federation(grid: Grid, context: Context, settings: FederationSettings) -
     report.update(
         rounds=strategy.rounds,
         candidates=candidates,
+        refusals=refusals,
         stopped=strategy.stopped,
         test_accuracy=round(test_accuracy, 5),
         epsilon=round(accountant.epsilon, 4) if accountant else None,
@@ -120,6 +143,28 @@ def run_federation(grid: Grid, context: Context, settings: FederationSettings) -
     if settings.report_path:
         _write_json(Path(settings.report_path), report)
     return report
+
+
+def _version_store(settings: FederationSettings) -> VersionStore | None:
+    """Where accepted models go; with ``registry-url``, numbered by the registry (FEDGE_ADMIN_KEY, FEDGE_API_KEY)."""
+    if not settings.versions_dir:
+        return None
+    registry = RegistryClient.from_env(settings.registry_url) if settings.registry_url else None
+    return VersionStore(settings.versions_dir, settings.model_name, registry=registry)
+
+
+def _gate(settings: FederationSettings, split: Split, store: VersionStore | None, validation: dict) -> ValidationGate:
+    """The gate of this run: chance floor of the split, min-accuracy, and the release (given or found)."""
+    found = store.release_accuracy(validation) if store is not None else None
+    given = settings.baseline_accuracy or None
+    release = max((a for a in (given, found) if a is not None), default=None)
+    return ValidationGate(
+        chance=chance_floor(split.y_val, len(LABELS)),
+        min_accuracy=settings.min_accuracy,
+        release_accuracy=release,
+        max_drop=settings.max_accuracy_drop,
+        margin=settings.gate_margin,
+    )
 
 
 def _final_arrays(context: LegacyContext) -> list[np.ndarray]:

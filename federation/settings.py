@@ -51,7 +51,10 @@ class FederationSettings:
     round_timeout_s: float = 120.0
     gate_margin: float = 0.0
     baseline_accuracy: float = 0.0
+    min_accuracy: float = 0.0
+    max_accuracy_drop: float = 0.0
     versions_dir: str = ""
+    registry_url: str = ""
     model_name: str = "digits"
     export_tflite: bool = False
     attack: Attack = "none"
@@ -82,6 +85,15 @@ class FederationSettings:
         check(self.alpha > 0, "alpha", "must be > 0")
         check(self.round_timeout_s > 0, "round-timeout-s", "must be > 0")
         check(0 <= self.baseline_accuracy <= 1, "baseline-accuracy", "must be within [0, 1]")
+        check(0 <= self.min_accuracy < 1, "min-accuracy", f"must be within [0, 1), got {self.min_accuracy}")
+        check(0 <= self.max_accuracy_drop < 1, "max-accuracy-drop", "must be within [0, 1)")
+        check(0 <= self.gate_margin < 1, "gate-margin", "must be within [0, 1)")
+        check(
+            not self.registry_url or self.registry_url.startswith(("http://", "https://")),
+            "registry-url",
+            "must be the http:// or https:// address of the cloud service",
+        )
+        check(not self.registry_url or bool(self.versions_dir), "registry-url", "needs versions-dir")
         check(-1 <= self.attack_partition < self.num_clients, "attack-partition", "must be -1 or a partition id")
         if self.secure_aggregation:
             check(

@@ -1,13 +1,20 @@
-"""Candidate versions on disk: ``<versions_dir>/<model>-v<N>/``, each a model directory the edge runtime loads.
+"""Candidate versions on disk, ``<versions_dir>/<model>-v<N>/``, numbered by the registry when there is one.
 
-The registry (OTA issue) takes these directories as they are; until it exists, this
-folder is where the federation's accepted models go.
+Each version is a model directory the edge runtime loads. A model is exported under a
+staging name first and numbered only when it is complete: one more than the highest
+number the registry holds for the model and than any ``<model>-v<N>`` here (a
+half-written directory keeps its number too). With a registry, the version is uploaded
+at once; a number another uploader took in the meantime (409) moves it to the next one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,41 +23,86 @@ from torch import nn
 
 from federation.export import ExportConfig, export_model
 from federation.task import Split
-from sdk.errors import ExportError, ModelError
+from sdk.errors import Conflict, ModelError, RegistryError
 from sdk.manifest import Manifest, load_manifest
+from sdk.registry_client import RegistryClient
 
-__all__ = ["VersionStore"]
+__all__ = ["StoredVersion", "VersionStore", "split_key"]
 
 log = logging.getLogger("fedge.federation")
 
+#: How many numbers an export tries when other uploaders keep taking the next one.
+NUMBER_ATTEMPTS = 5
+
+
+def split_key(seed: int, samples: int) -> dict[str, int]:
+    """What identifies a validation split in a lineage: accuracies compare only on the same split."""
+    return {"seed": seed, "samples": samples}
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredVersion:
+    """An exported candidate: its manifest, where it lies, and whether the registry took it."""
+
+    manifest: Manifest
+    directory: Path
+    registry_error: str | None = None
+
+    @property
+    def version(self) -> int:
+        """The version number it got."""
+        return self.manifest.version
+
 
 class VersionStore:
-    """Numbers, exports and lists the candidate versions of one model."""
+    """Numbers, exports, registers and lists the candidate versions of one model."""
 
-    def __init__(self, root: str | os.PathLike[str], model_name: str) -> None:
-        """Keep versions of ``model_name`` under ``root`` (created when needed)."""
+    def __init__(
+        self, root: str | os.PathLike[str], model_name: str, *, registry: RegistryClient | None = None
+    ) -> None:
+        """Keep versions of ``model_name`` under ``root`` (created when needed); with ``registry``, register them."""
         self.root = Path(root)
         self.model_name = model_name
+        self.registry = registry
+        self._pattern = re.compile(rf"{re.escape(model_name)}-v(\d+)")
 
     def manifests(self) -> list[Manifest]:
-        """Every readable version, oldest first."""
+        """Every readable version here, oldest first."""
         found = []
-        for directory in sorted(self.root.glob(f"{self.model_name}-v*")):
+        for directory in self._numbered():
             try:
                 found.append(load_manifest(directory))
             except ModelError:
                 continue  # a half-written or foreign directory is not a version
         return sorted(found, key=lambda m: m.version)
 
-    def next_version(self) -> int:
-        """One more than the newest version here (1 when there is none)."""
-        versions = [m.version for m in self.manifests()]
-        return max(versions, default=0) + 1
+    def _numbered(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [p for p in self.root.iterdir() if p.is_dir() and self._pattern.fullmatch(p.name)]
 
-    def best_validation_accuracy(self) -> float:
-        """The highest validation accuracy recorded in the lineage of a version here (0 when none)."""
-        values = [float(m.lineage.get("metrics", {}).get("val_accuracy", 0.0)) for m in self.manifests()]
-        return max(values, default=0.0)
+    def next_version(self) -> int:
+        """One more than the highest number the registry holds and than any version directory here."""
+        local = max((int(self._pattern.fullmatch(p.name)[1]) for p in self._numbered()), default=0)  # type: ignore[index]
+        registered = self.registry.latest_version(self.model_name) if self.registry is not None else 0
+        return max(local, registered) + 1
+
+    def release_accuracy(self, split: Mapping[str, int]) -> float | None:
+        """The validation accuracy, on ``split``, of the current release (the registry's) or the best version here.
+
+        Only lineages that name the same validation split count; None when there is none.
+        """
+        if self.registry is not None:
+            released = [v for v in self.registry.versions(self.model_name) if v.get("released")]
+            lineages = [max(released, key=lambda v: int(v["version"]))["lineage"]] if released else []
+        else:
+            lineages = [dict(m.lineage) for m in self.manifests()]
+        values = [
+            float(lineage["metrics"]["val_accuracy"])
+            for lineage in lineages
+            if lineage.get("validation_split") == dict(split) and "val_accuracy" in lineage.get("metrics", {})
+        ]
+        return max(values, default=None)
 
     def export(
         self,
@@ -59,13 +111,41 @@ class VersionStore:
         lineage: Mapping[str, Any],
         *,
         tflite: bool = False,
-    ) -> Manifest | None:
-        """Export ``model`` as the next version through the pipeline (its accuracy gate applies); None if refused."""
-        version = self.next_version()
-        target = self.root / f"{self.model_name}-v{version}"
-        config = ExportConfig(name=self.model_name, version=version, tflite="int8" if tflite else "off")
+    ) -> StoredVersion:
+        """Export ``model`` through the pipeline (its accuracy gate applies), number it, and register it.
+
+        Raises:
+            ExportError: the pipeline refused the model; nothing is kept.
+            Conflict: every number tried was taken meanwhile; nothing is kept.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{self.model_name}-export-"))
         try:
-            return export_model(model, target, split, config, lineage=lineage)
-        except ExportError as exc:
-            log.warning("round model not exported as v%d: %s", version, exc)
-            return None
+            config = ExportConfig(name=self.model_name, version=0, tflite="int8" if tflite else "off")
+            manifest = export_model(model, staging / "model", split, config, lineage=lineage)
+            return self._number(staging / "model", manifest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _number(self, directory: Path, manifest: Manifest) -> StoredVersion:
+        for _ in range(NUMBER_ATTEMPTS):
+            manifest = dataclasses.replace(manifest, version=self.next_version())
+            manifest.write(directory)
+            target = self.root / f"{self.model_name}-v{manifest.version}"
+            try:
+                target.mkdir()  # taken by a concurrent run on this folder: try the next number
+            except FileExistsError:
+                continue
+            os.replace(directory, target)
+            if self.registry is None:
+                return StoredVersion(manifest, target)
+            try:
+                self.registry.upload(target)
+            except Conflict:
+                os.replace(target, directory)  # another uploader took the number: the next one
+                continue
+            except RegistryError as exc:
+                log.warning("%s v%d kept here but not registered: %s", self.model_name, manifest.version, exc)
+                return StoredVersion(manifest, target, registry_error=str(exc))
+            return StoredVersion(manifest, target)
+        raise Conflict(f"{self.model_name}: {NUMBER_ATTEMPTS} version numbers in a row were taken while registering")

@@ -29,14 +29,19 @@ FedgeError
 ├── BrokerUnavailable           the Mosquitto binary is missing or the broker did not start
 ├── RegistryError               the model registry refused an operation
 │   ├── NotFound                no such model, version, release or device
-│   └── Conflict                the operation contradicts the registry's state
+│   ├── Conflict                the operation contradicts the registry's state
+│   ├── StatusRejected          a device's status report is malformed, oversized or names another device
+│   └── RegistryRefused         the registry service answered with another error, or could not be reached
 ├── UpdateError                 an over-the-air update did not install
 │   ├── RepositoryUnreachable   the release repository cannot be reached or hung up mid-transfer
 │   ├── DeviceResourceError     the device ran out of disk or memory, or could not write a file
 │   ├── UpdateRejected          metadata or artifact failed verification (TUF, hash, size)
-│   │   └── ReleaseUnusable     the signed release itself cannot serve this device
+│   │   ├── ReleaseUnusable     the signed release itself cannot serve this device
+│   │   │   └── PolicyRefused   its signed lineage breaks the device's privacy policy (max_epsilon, min_clients)
+│   │   └── PatchUnusable       a binary patch does not rebuild the signed artifact (the full file is fetched)
 │   └── SmokeTestFailed         the new model did not load or failed its probe
-└── PrivacyBudgetExhausted      the differential-privacy budget is spent
+├── PrivacyBudgetExhausted      the differential-privacy budget is spent
+└── GateRefused                 a round's model is at chance level, below the floor, or below the release
 ```
 
 Misuse of the API (calling a closed runtime, a negative argument) raises the
@@ -62,6 +67,7 @@ __all__ = [
     "EngineLoadFailed",
     "ExportError",
     "FedgeError",
+    "GateRefused",
     "InputDtypeError",
     "InputShapeError",
     "InvalidInput",
@@ -73,13 +79,17 @@ __all__ = [
     "NonFiniteInput",
     "NotFound",
     "Overloaded",
+    "PatchUnusable",
     "PayloadTooLarge",
+    "PolicyRefused",
     "PrivacyBudgetExhausted",
     "RegistryError",
+    "RegistryRefused",
     "ReleaseUnusable",
     "RemoteError",
     "RepositoryUnreachable",
     "SmokeTestFailed",
+    "StatusRejected",
     "Unauthorized",
     "UnknownModel",
     "UpdateError",
@@ -224,6 +234,14 @@ class Conflict(RegistryError):
     """The operation contradicts the registry's current state."""
 
 
+class StatusRejected(RegistryError):
+    """A device's status report is malformed, oversized, or names a device other than its topic's."""
+
+
+class RegistryRefused(RegistryError):
+    """The registry service answered with an error other than not-found or conflict, or could not be reached."""
+
+
 class UpdateError(FedgeError):
     """An over-the-air update did not install; the device keeps its current model."""
 
@@ -244,9 +262,21 @@ class ReleaseUnusable(UpdateRejected):
     """The signed release itself cannot serve this device (its manifest contradicts it, a file is missing)."""
 
 
+class PolicyRefused(ReleaseUnusable):
+    """The release's signed lineage breaks this device's privacy policy (too much epsilon, too few clients)."""
+
+
+class PatchUnusable(UpdateRejected):
+    """A binary patch does not rebuild the signed artifact; the device fetches the full file instead."""
+
+
 class SmokeTestFailed(UpdateError):
     """The downloaded model did not load or did not reproduce its probe output."""
 
 
 class PrivacyBudgetExhausted(FedgeError):
     """The differential-privacy budget (epsilon) is spent; no further round may run."""
+
+
+class GateRefused(FedgeError):
+    """A round's model is at chance level, below the configured floor, or below the current release."""

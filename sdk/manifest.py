@@ -29,6 +29,7 @@ __all__ = [
     "FETCHED_FILE",
     "FORMAT_VERSION",
     "MANIFEST_FILE",
+    "MAX_FILE_NAME",
     "PROBE_FILE",
     "Artifact",
     "ArtifactKind",
@@ -39,6 +40,7 @@ __all__ = [
     "file_digest",
     "load_manifest",
     "load_probe",
+    "plain_file_name",
     "verify_files",
     "write_fetched",
 ]
@@ -50,8 +52,10 @@ FETCHED_FILE = "fetched.json"
 ArtifactKind = Literal["onnx-fp32", "onnx-int8", "tflite"]
 ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("onnx-fp32", "onnx-int8", "tflite")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64")
+#: The longest file name a model directory may hold.
+MAX_FILE_NAME = 128
 # File names only: a manifest must never point outside its own directory.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SAFE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_FILE_NAME - 1}}}")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
@@ -115,6 +119,12 @@ class Manifest:
     def input(self) -> TensorSpec:
         """The model's single input."""
         return self.inputs[0]
+
+    @property
+    def listed_files(self) -> dict[str, int]:
+        """Every file the manifest lists besides itself (artifacts, probe), with its size."""
+        files = {a.file: a.size for a in self.artifacts.values()}
+        return {**files, self.probe.file: self.probe.size} if self.probe else files
 
     def with_threshold(self, threshold: float) -> Manifest:
         """A copy with a new confidence threshold."""
@@ -184,6 +194,11 @@ def verify_files(model_dir: str | os.PathLike[str], entries: Iterable[Artifact |
             raise ModelIntegrityError(f"{entry.file} does not match its sha256 in the manifest")
 
 
+def plain_file_name(name: str) -> bool:
+    """Whether ``name`` may be a file of a model directory: short, top-level, no dot first, no ``..``."""
+    return bool(_SAFE_NAME.fullmatch(name)) and ".." not in name  # fullmatch: "$" lets a final newline through
+
+
 def load_probe(model_dir: str | os.PathLike[str], manifest: Manifest) -> dict[str, np.ndarray]:
     """Load the verified probe: ``input`` and ``expected/<artifact kind>`` arrays."""
     if manifest.probe is None:
@@ -241,7 +256,7 @@ class _Fields:
 
     def name(self, key: str) -> str:
         value = self.get(key, str)
-        if not _SAFE_NAME.match(value) or ".." in value:
+        if not plain_file_name(value):
             raise self._fail(key, f"{value!r} is not a plain file name")
         return value
 

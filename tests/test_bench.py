@@ -82,3 +82,21 @@ def test_broker_benchmark_produces_its_figures():
     assert report["rounds"] == 10
     assert report["tls_ratio_p50"] > 0
     assert report["stock_ratio_p50"] > 0
+
+
+def test_telemetry_benchmark_produces_its_figures():
+    from bench import telemetry
+
+    report = telemetry.run(rounds=50, warmup=5, step=Progress(time.time()))
+    assert report["counted_calls"] == 55  # every predict of the counting runtime, warm-up included
+    assert report["telemetry_overhead_ratio"] > 0
+    assert set(report["meets_targets"]) == {"telemetry_overhead_ratio"}
+
+
+def test_delta_benchmark_produces_its_figures(model_dir):
+    from bench import delta
+
+    report = delta.run(model_dir, step=Progress(time.time()))
+    assert 0 < report["patch_bytes"] < report["artifact_bytes"]
+    assert report["delta_update_bytes"] < report["full_update_bytes"]
+    assert set(report["meets_targets"]) == {"delta_bytes_ratio"}

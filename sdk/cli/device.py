@@ -7,8 +7,9 @@ cloud) from its first second, whatever the broker or the repository does: the br
 connection and the update checks run in the background (at start, on MQTT notices no closer
 than ``min_check_interval_s``, every ``check_interval_s``, with backoff after a failure), and
 nothing they raise ends the program. It answers the samples it is fed until SIGTERM, SIGINT
-or ``--count``, then publishes its retained ``offline`` status. Every step is logged, one line
-each, on stderr (the journal under systemd).
+or ``--count``, then publishes its retained ``offline`` status. Every status carries the
+telemetry of the predictions served since the previous one (every ``telemetry_interval_s``).
+Every step is logged, one line each, on stderr (the journal under systemd).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def run(
     from sdk.edge.config import LOG_LEVELS
     from sdk.edge.install import ModelStore
     from sdk.edge.status import DeviceLink
+    from sdk.edge.telemetry import Telemetry
     from sdk.edge.updater import ModelUpdater, UpdateConfig, open_installed
     from sdk.errors import FedgeError
     from sdk.mqtt import MqttSettings
@@ -81,7 +83,8 @@ def run(
     )
     store = ModelStore(state_dir)
     cloud = CloudClient(mqtt, device_id=update.device_id).start()
-    runtime = EdgeRuntime(open_installed(store, edge), edge, cloud=cloud)
+    telemetry = Telemetry()
+    runtime = EdgeRuntime(open_installed(store, edge), edge, cloud=cloud, telemetry=telemetry)
     updater = ModelUpdater(store, update, root_metadata.read_bytes(), runtime=runtime, edge_config=edge)
     log.info(
         "serving %s", f"v{updater.installed_version}" if updater.installed_version is not None else "through the cloud"
@@ -99,6 +102,8 @@ def run(
         on_notice=lambda: updater.check(reason="notice" if link.checks.for_poke else "schedule"),
         schedule=schedule,
         next_check_in=lambda outcome: outcome.retry_after_s,  # the updater's one policy: interval or backoff
+        telemetry=telemetry,
+        telemetry_interval_s=update.telemetry_interval_s,
     )
     updater.reporter = link.report
     stop = threading.Event()

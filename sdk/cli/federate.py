@@ -32,6 +32,10 @@ def federate(
     clipping_norm: Annotated[float | None, typer.Option(help="DP clipping norm of a client update.")] = None,
     epsilon_budget: Annotated[float | None, typer.Option(help="Stop before epsilon would exceed this.")] = None,
     versions_dir: Annotated[Path | None, typer.Option(help="Where accepted global models become versions.")] = None,
+    registry_url: Annotated[
+        str | None,
+        typer.Option(help="The cloud service whose registry numbers and keeps the versions (key: FEDGE_ADMIN_KEY)."),
+    ] = None,
     superlink: Annotated[str | None, typer.Option(help="HOST:PORT of the SuperLink (deployment engine).")] = None,
     run_config: Annotated[str | None, typer.Option(help="More run-config overrides: 'key=value key=value'.")] = None,
     timeout: Annotated[float, typer.Option(help="Give up on the run after this many seconds.")] = 1800.0,
@@ -62,6 +66,7 @@ def federate(
         "clipping-norm": clipping_norm,
         "epsilon-budget": epsilon_budget,
         "versions-dir": str(versions_dir.resolve()) if versions_dir else None,
+        "registry-url": registry_url,
     }
     values.update({k: v for k, v in optional.items() if v is not None})
     if run_config:
@@ -115,6 +120,11 @@ def print_report(report: dict[str, Any]) -> None:
             f"{r['seconds']:.1f}",
         )
     console.print(table)
+    for refusal in report.get("refusals", []):
+        console.print(f"round {refusal['round']} not a candidate: {refusal['reason']}", markup=False, highlight=False)
+    for candidate in report["candidates"]:
+        if candidate.get("registry_error"):
+            console.print(f"v{candidate['version']} not registered: {candidate['registry_error']}", markup=False)
     console.print(f"final global model: test accuracy {report['test_accuracy']:.4f}")
     if report.get("stopped"):
         console.print(f"[bold yellow]{report['stopped']}[/]")

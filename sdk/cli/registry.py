@@ -6,10 +6,8 @@ The registry commands talk to ``fedge cloud serve`` over HTTP; the key comes fro
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +15,7 @@ import typer
 from rich.table import Table
 
 from sdk.cli.console import console
-from sdk.errors import FedgeError
+from sdk.registry_client import RegistryClient, call
 
 __all__ = ["register"]
 
@@ -26,10 +24,6 @@ registry_app = typer.Typer(help="Model registry: versions, releases, fleet (talk
 
 UrlOpt = Annotated[str, typer.Option(envvar="FEDGE_REGISTRY_URL", help="Base URL of the cloud service.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-class RegistryRefused(FedgeError):
-    """The registry answered with an error."""
 
 
 @keys_app.command("init")
@@ -76,22 +70,12 @@ def keys_rotate_root(
     console.print(f"root v{version} signed by {len(old)} old and {root_keys} new keys (any {threshold} sign the next)")
 
 
-def _call(method: str, url: str, *, admin: bool, **kwargs: Any) -> Any:
-    import httpx
+def _key(admin: bool) -> str | None:
+    return os.environ.get("FEDGE_ADMIN_KEY" if admin else "FEDGE_API_KEY") or os.environ.get("FEDGE_ADMIN_KEY")
 
-    key = os.environ.get("FEDGE_ADMIN_KEY" if admin else "FEDGE_API_KEY") or os.environ.get("FEDGE_ADMIN_KEY")
-    headers = {**kwargs.pop("headers", {}), **({"X-API-Key": key} if key else {})}
-    try:
-        response = httpx.request(method, url, headers=headers, timeout=300, **kwargs)
-    except httpx.HTTPError as exc:
-        raise RegistryRefused(f"{url}: {exc}") from None
-    if response.is_error:
-        try:
-            detail = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            detail = response.text[:300]
-        raise RegistryRefused(f"{response.status_code}: {detail}")
-    return response.json()
+
+def _call(method: str, url: str, *, admin: bool, **kwargs: Any) -> Any:
+    return call(method, url, key=_key(admin), **kwargs)
 
 
 def _show(data: Any, as_json: bool, columns: tuple[str, ...]) -> None:
@@ -110,21 +94,7 @@ def _show(data: Any, as_json: bool, columns: tuple[str, ...]) -> None:
 @registry_app.command()
 def upload(model_dir: Path, url: UrlOpt = "http://127.0.0.1:8000", as_json: JsonOpt = False) -> None:
     """Upload a model directory (from `fedge export` or a federation run) as a new version."""
-    from sdk.manifest import load_manifest
-
-    manifest = load_manifest(model_dir)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(model_dir.iterdir()):
-            if path.is_file():
-                tar.add(path, arcname=path.name)
-    data = _call(
-        "POST",
-        f"{url}/v1/registry/models/{manifest.name}/versions",
-        admin=True,
-        content=buffer.getvalue(),
-        headers={"Content-Type": "application/gzip"},
-    )
+    data = RegistryClient.from_env(url).upload(model_dir)
     _show(data, as_json, ("model", "version", "released"))
 
 
@@ -179,6 +149,22 @@ def fleet(
     if not as_json:
         data = [{**d, "state": "stale" if d.get("stale") else d.get("status")} for d in data]
     _show(data, as_json, ("device_id", "model", "running_version", "state", "last_step", "last_refusal", "last_seen"))
+
+
+@registry_app.command()
+def telemetry(
+    model: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+    per_device: Annotated[bool, typer.Option("--per-device", help="One row per device and version.")] = False,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    as_json: JsonOpt = False,
+) -> None:
+    """What the fleet served, per version: devices, calls, error and fallback rates, mean confidence, p50/p99 (ms)."""
+    params: dict[str, Any] = {"per_device": per_device, **({"model": model} if model else {})}
+    data = _call("GET", f"{url}/v1/registry/telemetry", admin=False, params=params)
+    if not as_json:
+        data = [{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()} for d in data]
+    columns = ("model", "version", *(("device_id",) if per_device else ()), "devices", "calls", "error_rate")
+    _show(data, as_json, (*columns, "fallback_rate", "mean_confidence", "p50_ms", "p99_ms", "last_seen"))
 
 
 def register(app: typer.Typer) -> None:

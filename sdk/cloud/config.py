@@ -34,6 +34,9 @@ class CloudConfig:
     (else 408); ``limit_concurrency`` caps open connections and running requests (uvicorn
     answers 503 above it); ``max_header_bytes`` bounds a request's head (else 431);
     ``keep_alive_s`` and ``backlog`` are uvicorn's ``timeout_keep_alive`` and ``backlog``.
+
+    Registry uploads: ``max_upload_bytes`` bounds the archive as sent (else 413), and
+    ``max_unpacked_bytes`` the sum of the sizes its members declare, checked before any is unpacked (else 413).
     """
 
     model_dirs: tuple[Path, ...] = ()
@@ -62,6 +65,8 @@ class CloudConfig:
     keep_alive_s: int = 5
     backlog: int = 2048
     max_header_bytes: int = 16 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_unpacked_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
         check(1 <= self.port <= 65535, "port", f"must be within 1..65535, got {self.port}")
@@ -91,6 +96,9 @@ class CloudConfig:
         check(1 <= self.keep_alive_s <= 3600, "keep_alive_s", f"must be within 1..3600, got {self.keep_alive_s}")
         check(1 <= self.backlog <= 65535, "backlog", f"must be within 1..65535, got {self.backlog}")
         check(1024 <= self.max_header_bytes <= 1 << 20, "max_header_bytes", "must be within 1 KiB..1 MiB")
+        # An upload is held in memory while it is read; what it unpacks to goes to the store's disk.
+        check(1024 <= self.max_upload_bytes <= 1 << 32, "max_upload_bytes", "must be within 1 KiB..4 GiB")
+        check(1024 <= self.max_unpacked_bytes <= 1 << 40, "max_unpacked_bytes", "must be within 1 KiB..1 TiB")
 
     def batcher(self) -> BatcherConfig:
         """The batching part of these settings."""

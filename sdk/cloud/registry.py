@@ -1,10 +1,13 @@
-"""The model registry: models, versions with lineage, artifacts per target, releases, and the fleet.
+"""The model registry: models, versions with lineage, artifacts per target, releases, the fleet and its telemetry.
 
 SQLAlchemy on a SQLite file by default (``sqlite:///registry.db``); a PostgreSQL URL
 (``postgresql+pg8000://user@host/db``) works the same. Artifact files live on the
 filesystem under ``store_dir/<model>/v<N>/``; the database holds what is known about them.
 Releasing a version signs it into the TUF repository (:mod:`sdk.cloud.repository`) and
-announces it with a retained MQTT notice.
+announces it with a retained MQTT notice. Device status reports (validated by
+:mod:`sdk.cloud.status_report`) keep each device's last state and add its telemetry to one
+row per device and version; a report claiming a version that has no release is a counted
+rejection on the device's row, never its running version or telemetry.
 """
 
 from __future__ import annotations
@@ -17,12 +20,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, create_engine, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    select,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from sdk.cloud.repository import ReleaseRepository, ReleaseState
+from sdk.cloud.status_report import VersionStats, validate_status
 from sdk.errors import Conflict, NotFound
 from sdk.manifest import load_manifest, verify_files
+from sdk.telemetry import LATENCY_BOUNDS_MS, percentile
 
 __all__ = ["REFUSALS", "STALE_AFTER_S", "Registry"]
 
@@ -113,6 +129,25 @@ class DeviceRow(Base):
     status: Mapped[str] = mapped_column(String(32), default="unknown")
     last_step: Mapped[str | None] = mapped_column(String(64), default=None)
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class TelemetryRow(Base):
+    """What one device served on one version, summed over every telemetry window it reported."""
+
+    __tablename__ = "device_telemetry"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    windows: Mapped[int] = mapped_column(BigInteger, default=0)
+    calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    fallbacks: Mapped[int] = mapped_column(BigInteger, default=0)
+    confident_rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    confidence_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    latency: Mapped[list] = mapped_column(JSON, default=list)  # counts per bucket of sdk.telemetry
+    first_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -258,40 +293,126 @@ class Registry:
                 query = query.where(ModelRow.name == model)
             return [_release_dict(r) for r in session.scalars(query).all()]
 
-    def record_status(self, event: dict[str, Any], *, at: dt.datetime | None = None) -> None:
-        """Store a device's status report (from ``fedge/v1/devices/<id>/status``), received ``at`` (default now).
+    def record_status(
+        self, event: dict[str, Any], *, device_id: str | None = None, at: dt.datetime | None = None
+    ) -> str | None:
+        """Store a status report of ``device_id`` (default: the event's), received ``at`` (default now).
 
-        The reason of the last refusal (a rejected or rolled-back release) is kept until the next one.
+        The release service passes the id from the topic, and an event naming another device
+        is refused. The reason of the last refusal (a rejected or rolled-back release) is kept
+        until the next one. A telemetry window already stored (a status sent again on
+        reconnect, or an older one delivered again late) is not added twice. A version that
+        has no release of the device's model is neither its running version nor a telemetry
+        row: the report's other fields are kept, the rejection is counted on the device, and
+        its reason is returned (None: all was kept).
+
+        Raises:
+            StatusRejected: the event is malformed, out of bounds, or names another device.
         """
-        device_id = str(event.get("device_id", ""))[:64]
+        device_id = device_id or str(event.get("device_id", ""))
         if not device_id:
-            return
+            return None
+        report = validate_status(event, device_id)
         received = _utc(at) if at is not None else _now()
         with self._session.begin() as session:
-            row = session.get(DeviceRow, device_id) or DeviceRow(id=device_id)
-            row.model = event.get("model", row.model)
-            row.target = event.get("target", row.target)
-            version = event.get("installed_version", event.get("version"))
-            row.running_version = int(version) if isinstance(version, int) else row.running_version
-            row.status = str(event.get("state", "online"))[:32]
-            row.last_step = str(event.get("step", ""))[:64] or row.last_step
-            refusal = (row.detail or {}).get("last_refusal")
-            if event.get("step") in REFUSALS:
-                reason = str(event.get("reason", ""))[:500]
-                refusal = {"step": event["step"], "reason": reason, "at": received.isoformat()}
-            detail = {k: v for k, v in event.items() if k in ("reason", "target_version")}
-            row.detail = {**detail, **({"last_refusal": refusal} if refusal else {})}
+            row = session.get(DeviceRow, device_id) or DeviceRow(id=device_id, detail={})
+            previous = dict(row.detail or {})
+            row.model = report.model or row.model
+            row.target = report.target or row.target
+            rejected = []
+            claimed = report.running_version
+            if claimed is not None:
+                if self._released(session, row.model, claimed):
+                    row.running_version = claimed
+                else:
+                    rejected.append(f"{row.model} v{claimed} has no release")
+            window = report.telemetry
+            fresh = window is not None and _later_window(window.window, previous.get("telemetry_window"))
+            if window is not None and fresh:
+                for stats in window.versions:
+                    if self._released(session, row.model, stats.version):
+                        self._add_telemetry(session, device_id, row.model or "", stats, received)
+                    else:
+                        rejected.append(f"telemetry of {row.model} v{stats.version}, which has no release")
+            row.status = report.state
+            row.last_step = report.step or row.last_step
+            refusal = previous.get("last_refusal")
+            if report.step in REFUSALS:
+                refusal = {"step": report.step, "reason": (report.reason or "")[:500], "at": received.isoformat()}
+            detail: dict[str, Any] = {"reason": report.reason, "target_version": report.target_version}
+            detail = {k: v for k, v in detail.items() if v is not None}
+            if refusal:
+                detail["last_refusal"] = refusal
+            for key in ("telemetry_window", "rejected_reports", "last_rejection"):
+                if key in previous:
+                    detail[key] = previous[key]
+            if window is not None and fresh:
+                detail["telemetry_window"] = window.window
+            if rejected:
+                reason = "; ".join(rejected)[:500]
+                detail["rejected_reports"] = int(previous.get("rejected_reports", 0)) + 1
+                detail["last_rejection"] = {"reason": reason, "at": received.isoformat()}
+            row.detail = detail
             row.last_seen = received
             session.merge(row)
+        return "; ".join(rejected) if rejected else None
+
+    def _released(self, session: Session, model: str | None, version: int) -> bool:
+        """Whether ``version`` of ``model`` was ever released (an aborted release counts: devices may run it)."""
+        if model is None:
+            return False
+        query = (
+            select(ReleaseRow.id)
+            .join(VersionRow)
+            .join(ModelRow)
+            .where(ModelRow.name == model, VersionRow.number == version)
+        )
+        return session.scalar(query) is not None
+
+    @staticmethod
+    def _add_telemetry(
+        session: Session, device_id: str, model: str, stats: VersionStats, received: dt.datetime
+    ) -> None:
+        row = session.get(TelemetryRow, (device_id, model, stats.version))
+        if row is None:
+            row = TelemetryRow(device_id=device_id, model=model, version=stats.version, first_seen=received, latency=[])
+            session.add(row)
+        row.windows = (row.windows or 0) + 1
+        row.calls = (row.calls or 0) + stats.calls
+        row.errors = (row.errors or 0) + stats.errors
+        row.rows = (row.rows or 0) + stats.rows
+        row.fallbacks = (row.fallbacks or 0) + stats.fallbacks
+        row.confident_rows = (row.confident_rows or 0) + stats.confident_rows
+        row.confidence_sum = (row.confidence_sum or 0.0) + (stats.mean_confidence or 0.0) * stats.confident_rows
+        row.latency = _add_buckets(row.latency or [], stats.buckets())  # a new list: JSON columns track assignment
+        row.last_seen = received
+
+    def telemetry(self, model: str | None = None, *, per_device: bool = False) -> list[dict[str, Any]]:
+        """What the fleet served, per model and version (``per_device``: per device and version), by version.
+
+        Each entry: devices, calls, errors and error rate, rows, fallbacks and fallback rate, mean
+        confidence of the local model, p50 and p99 latency in ms (from the summed buckets), last seen.
+        """
+        with self._session() as session:
+            query = select(TelemetryRow).order_by(TelemetryRow.model, TelemetryRow.version, TelemetryRow.device_id)
+            if model is not None:
+                query = query.where(TelemetryRow.model == model)
+            groups: dict[tuple[Any, ...], list[TelemetryRow]] = {}
+            for row in session.scalars(query).all():
+                key = (row.model, row.version, row.device_id) if per_device else (row.model, row.version)
+                groups.setdefault(key, []).append(row)
+            return [_telemetry_dict(key, rows) for key, rows in groups.items()]
 
     def fleet(self, *, stale_after_s: float = STALE_AFTER_S, now: dt.datetime | None = None) -> list[dict[str, Any]]:
         """Every device's last report; ``stale`` when one that is not offline has said nothing for ``stale_after_s``."""
         now = _utc(now) if now is not None else _now()
         with self._session() as session:
+            served = {(t.device_id, t.model, t.version): t for t in session.scalars(select(TelemetryRow)).all()}
             out = []
             for d in session.scalars(select(DeviceRow).order_by(DeviceRow.id)).all():
                 seen = _utc(d.last_seen)
                 refusal = (d.detail or {}).get("last_refusal") or {}
+                current = served.get((d.id, d.model, d.running_version))
                 out.append(
                     {
                         "device_id": d.id,
@@ -301,11 +422,56 @@ class Registry:
                         "stale": d.status != "offline" and (now - seen).total_seconds() > stale_after_s,
                         "last_step": d.last_step,
                         "last_refusal": refusal.get("reason"),
+                        "rejected_reports": (d.detail or {}).get("rejected_reports", 0),
+                        "telemetry": _telemetry_dict((d.model, d.running_version), [current]) if current else None,
                         "detail": d.detail,
                         "last_seen": seen.isoformat(),
                     }
                 )
             return out
+
+
+def _later_window(window: str, stored: str | None) -> bool:
+    """Whether ``window`` (``<boot>-<seq>``) comes after the one ``stored``; a redelivered older one does not."""
+    if stored is None:
+        return True
+    boot, _, seq = window.rpartition("-")
+    stored_boot, _, stored_seq = stored.rpartition("-")
+    if boot != stored_boot or not (seq.isdigit() and stored_seq.isdigit()):
+        return window != stored  # another run of the device: its windows count afresh
+    return int(seq) > int(stored_seq)
+
+
+def _add_buckets(a: list[int], b: list[int]) -> list[int]:
+    size = len(LATENCY_BOUNDS_MS) + 1
+    a, b = [*a, *[0] * (size - len(a))], [*b, *[0] * (size - len(b))]
+    return [x + y for x, y in zip(a, b, strict=True)]
+
+
+def _telemetry_dict(key: tuple[Any, ...], rows: list[TelemetryRow]) -> dict[str, Any]:
+    calls, errors = sum(r.calls for r in rows), sum(r.errors for r in rows)
+    n, fallbacks = sum(r.rows for r in rows), sum(r.fallbacks for r in rows)
+    confident = sum(r.confident_rows for r in rows)
+    latency: list[int] = []
+    for r in rows:
+        latency = _add_buckets(latency, r.latency or [])
+    out: dict[str, Any] = {"model": key[0], "version": key[1]}
+    if len(key) > 2:
+        out["device_id"] = key[2]
+    return {
+        **out,
+        "devices": len({r.device_id for r in rows}),
+        "calls": calls,
+        "errors": errors,
+        "error_rate": errors / calls if calls else 0.0,
+        "rows": n,
+        "fallbacks": fallbacks,
+        "fallback_rate": fallbacks / n if n else 0.0,
+        "mean_confidence": sum(r.confidence_sum for r in rows) / confident if confident else None,
+        "p50_ms": _ms(percentile(latency, 0.5)),
+        "p99_ms": _ms(percentile(latency, 0.99)),
+        "last_seen": max(_utc(r.last_seen) for r in rows).isoformat(),
+    }
 
 
 def _version_dict(row: VersionRow) -> dict[str, Any]:
@@ -327,3 +493,7 @@ def _release_dict(row: ReleaseRow) -> dict[str, Any]:
         "rollout": row.rollout,
         "state": row.state,
     }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

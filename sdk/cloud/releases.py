@@ -4,16 +4,19 @@
 ``fedge/v1/releases/<model>`` when a release changes, and records every device's status
 from ``fedge/v1/devices/+/status`` in the registry. A thread re-signs the TUF timestamp
 well before it expires, so that devices can tell a live repository from a frozen one.
-Nothing a stranger publishes as a status stops the listener: each message is a boundary
-(a malformed one is logged and counted in ``dropped_statuses``), and the timestamp thread
-restarts the MQTT network thread should it die anyway.
+A status's device is the one its topic names (:mod:`sdk.cloud.status_report`): a payload
+naming another device, an oversized or a malformed one is dropped, logged and counted in
+``dropped_statuses`` (by reason in ``drops``); one claiming a version that has no release is
+counted in ``rejected_statuses`` and on the device's row, and changes neither its version nor
+the telemetry. Nothing a stranger publishes stops the listener: each message is a boundary,
+and the timestamp thread restarts the MQTT network thread should it die anyway.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
+from collections import Counter
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +25,8 @@ import paho.mqtt.client as mqtt
 from sdk import topics
 from sdk.cloud.registry import Registry
 from sdk.cloud.repository import ReleaseRepository
+from sdk.cloud.status_report import read_status
+from sdk.errors import StatusRejected
 from sdk.mqtt import MqttSettings, connect, make_client, revive
 from sdk.notices import notice_payload
 
@@ -41,6 +46,8 @@ class ReleaseService:
         interval = self.repository.timestamp_expiry.total_seconds() / 3
         self.refresh_every_s = refresh_every_s or max(1.0, interval)
         self.dropped_statuses = 0
+        self.drops: Counter[str] = Counter()  # dropped statuses by kind: rejected (bad input) or failed (a bug)
+        self.rejected_statuses = 0  # statuses claiming a version that has no release
         self.loop_restarts = 0
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="fedge-timestamp", daemon=True)
@@ -72,14 +79,20 @@ class ReleaseService:
 
     def _on_status(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            event = json.loads(msg.payload)
-            if not isinstance(event, dict):
-                raise ValueError("not an object")
-            event.setdefault("device_id", msg.topic.split("/")[-2])
-            self.registry.record_status(event)
+            device_id, event = read_status(msg.topic, msg.payload)
+            rejected = self.registry.record_status(event, device_id=device_id)
+            if rejected:
+                self.rejected_statuses += 1
+                log.warning("%s claims what no release has: %s", device_id, rejected[:300])
+        except StatusRejected as exc:
+            self._drop("rejected", msg.topic, exc)
         except Exception as exc:  # the boundary: one stranger's status must not stop the others' being recorded
-            self.dropped_statuses += 1
-            log.warning("ignored a malformed status on %s (%s: %s)", msg.topic, type(exc).__name__, str(exc)[:200])
+            self._drop("failed", msg.topic, exc)
+
+    def _drop(self, kind: str, topic: str, exc: Exception) -> None:
+        self.dropped_statuses += 1
+        self.drops[kind] += 1
+        log.warning("ignored a status on %s (%s: %s)", topic[:200], type(exc).__name__, str(exc)[:200])
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_every_s):

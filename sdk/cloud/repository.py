@@ -6,24 +6,30 @@
 <dir>/metadata/N.snapshot.json                the targets version in force
 <dir>/metadata/timestamp.json                 the snapshot in force; short expiry, re-signed on a schedule
 <dir>/targets/<model>/<version>/<sha256>.<file>
+<dir>/targets/<model>/patches/<sha256>.<kind>-v<parent>-to-v<version>.bsdiff
 ```
 Consistent snapshots: every metadata version and target file has its own name, so a
 device that is mid-update never reads a mix of old and new. A release's model, version,
 channel, rollout percentage and state live in the signed targets metadata (``custom``),
-never only in the MQTT notice.
+never only in the MQTT notice. Each release also carries, per artifact kind, a binary patch from
+the previous release that was not aborted (:mod:`sdk.delta`), when the patch is small enough to be worth it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from securesystemslib.signer import Signer
 from tuf.api.metadata import (
@@ -38,13 +44,30 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from sdk.cloud.signing import KeySet
+from sdk.delta import make_patch, patch_target
 from sdk.errors import Conflict, NotFound
 from sdk.manifest import ARTIFACT_KINDS, load_manifest, verify_files
 
 __all__ = ["ReleaseRepository", "ReleaseState"]
 
+log = logging.getLogger("fedge.cloud.repository")
+
 ReleaseState = Literal["active", "paused", "aborted"]
 _SERIALIZER = JSONSerializer(compact=False)
+
+
+_T = TypeVar("_T")
+
+
+def _serialized(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run a writing method under the repository's lock: each one reads the newest metadata and bumps its version."""
+
+    @functools.wraps(method)
+    def locked(self: ReleaseRepository, *args: Any, **kwargs: Any) -> _T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def _expiry(delta: dt.timedelta) -> dt.datetime:
@@ -83,6 +106,7 @@ class ReleaseRepository:
         self.targets_expiry = targets_expiry
         self.root_expiry = root_expiry
         self._online = keys.online()
+        self._lock = threading.RLock()  # releases run off the event loop, next to changes and the timestamp schedule
 
     @classmethod
     def create(cls, directory: str | os.PathLike[str], keys: KeySet, **expiries: dt.timedelta) -> ReleaseRepository:
@@ -124,7 +148,7 @@ class ReleaseRepository:
         found: dict[tuple[str, int], dict[str, Any]] = {}
         for path, info in targets.targets.items():
             custom = info.unrecognized_fields.get("custom", {})
-            if custom.get("kind") == "index":
+            if custom.get("kind") in ("index", "patch"):
                 continue
             key = (custom.get("model"), custom.get("version"))
             fields = ("model", "version", "channel", "rollout", "state")
@@ -134,6 +158,7 @@ class ReleaseRepository:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @_serialized
     def release(
         self,
         model_dir: str | os.PathLike[str],
@@ -141,8 +166,11 @@ class ReleaseRepository:
         channel: str = "stable",
         rollout: int = 100,
         kinds: Iterable[str] | None = None,
+        patches: bool = True,
     ) -> dict[str, Any]:
         """Sign a verified model directory's files into a new release; return it.
+
+        With ``patches``, each artifact also gets a signed patch from the parent release's (see :meth:`_add_patches`).
 
         Raises:
             ModelIntegrityError: a file does not match the manifest.
@@ -175,9 +203,60 @@ class ReleaseRepository:
             info.unrecognized_fields["custom"] = {**base, "kind": kind, "state": "active"}
             shutil.copyfile(source / name, out_dir / f"{info.hashes['sha256']}.{name}")
             targets.targets[info.path] = info
+        if patches:
+            self._add_patches(targets, base, [(a.kind, source / a.file) for a in chosen])
         self._publish(md)
         return next(r for r in self.releases() if (r["model"], r["version"]) == (manifest.name, manifest.version))
 
+    def _add_patches(self, targets: Targets, base: dict[str, Any], artifacts: list[tuple[str, Path]]) -> None:
+        """Sign a patch per artifact kind from the newest earlier release not aborted, where it is small enough.
+
+        A patch that cannot be made is logged and left out: devices then fetch the full artifact.
+        """
+        model, version = base["model"], base["version"]
+        earlier = {
+            c["version"]: c
+            for c in (i.unrecognized_fields.get("custom", {}) for i in targets.targets.values())
+            if c.get("model") == model and c.get("kind") == "manifest" and c.get("version") < version
+        }
+        standing = [v for v, c in earlier.items() if c.get("state") != "aborted"]
+        if not standing:
+            return
+        parent = max(standing)
+        out_dir = self.targets_dir / model / "patches"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for kind, path in artifacts:
+            old = self._stored(targets, model, parent, kind)
+            target = patch_target(model, kind, parent, version)
+            name = target.rsplit("/", 1)[1]
+            made = out_dir / f".{name}.{os.getpid()}"
+            try:
+                if old is None or not make_patch(old, path, made):
+                    continue
+            except (subprocess.SubprocessError, OSError) as exc:
+                log.warning("no patch %s: %s", target, exc)
+                continue
+            info = TargetFile.from_file(target, str(made), ["sha256"])
+            info.unrecognized_fields["custom"] = {
+                **base,
+                "kind": "patch",
+                "state": "active",
+                "artifact": kind,
+                "parent": parent,
+            }
+            os.replace(made, out_dir / f"{info.hashes['sha256']}.{name}")
+            targets.targets[info.path] = info
+
+    def _stored(self, targets: Targets, model: str, version: int, kind: str) -> Path | None:
+        """The stored file of a released artifact, None when that release does not carry ``kind``."""
+        for path, info in targets.targets.items():
+            custom = info.unrecognized_fields.get("custom", {})
+            if (custom.get("model"), custom.get("version"), custom.get("kind")) == (model, version, kind):
+                directory, name = path.rsplit("/", 1)
+                return self.targets_dir / directory / f"{info.hashes['sha256']}.{name}"
+        return None
+
+    @_serialized
     def update_release(
         self, model: str, version: int, *, state: ReleaseState | None = None, rollout: int | None = None
     ) -> dict[str, Any]:
@@ -206,6 +285,7 @@ class ReleaseRepository:
         self._publish(md)
         return next(r for r in self.releases() if (r["model"], r["version"]) == (model, version))
 
+    @_serialized
     def refresh_timestamp(self) -> int:
         """Re-sign the timestamp with a fresh expiry (run on a schedule); return its version."""
         md = self._latest("timestamp")
@@ -214,6 +294,7 @@ class ReleaseRepository:
         self._sign_write(md, "timestamp", "timestamp.json")
         return md.signed.version
 
+    @_serialized
     def rotate_root(self, old_signers: Sequence[Signer], new_signers: Sequence[Signer], threshold: int) -> int:
         """Replace the root keys: the new root is signed by the old keys and the new ones; return its version."""
         md = self._latest("root")

@@ -20,6 +20,8 @@ from sdk.edge.prediction import BatchPrediction, Prediction, Source
 from sdk.errors import (
     BackendError,
     CloudError,
+    FedgeError,
+    InvalidInput,
     ModelNotFound,
     RemoteError,
 )
@@ -29,6 +31,7 @@ from sdk.wire import Message
 
 if TYPE_CHECKING:  # the MQTT client is imported only by those who use the cloud
     from sdk.edge.cloud_client import CloudClient
+    from sdk.edge.telemetry import Telemetry
 
 __all__ = ["EdgeRuntime", "LoadedModel", "load_model"]
 
@@ -46,15 +49,23 @@ class EdgeRuntime:
 
     Give it a started :class:`~sdk.edge.cloud_client.CloudClient` (``cloud=``) and the
     fallback policy of ``config.fallback`` applies; the runtime owns the client and closes it.
+    Give it a :class:`~sdk.edge.telemetry.Telemetry` (``telemetry=``) and every call of the local
+    model is counted there, for the device's status reports.
     """
 
     def __init__(
-        self, model: LoadedModel | None, config: EdgeConfig | None = None, *, cloud: CloudClient | None = None
+        self,
+        model: LoadedModel | None,
+        config: EdgeConfig | None = None,
+        *,
+        cloud: CloudClient | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """Serve ``model`` (None: no local model yet, the cloud answers until one is swapped in)."""
         self._config = config or EdgeConfig()
         self._model = model
         self._cloud = cloud
+        self.telemetry = telemetry
         self._cache: ResultCache[_Answer] | None = (
             ResultCache(self._config.cache_size) if self._config.cache_size else None
         )
@@ -71,11 +82,16 @@ class EdgeRuntime:
 
     @classmethod
     def from_model_dir(
-        cls, model_dir: str | os.PathLike[str], config: EdgeConfig | None = None, *, cloud: CloudClient | None = None
+        cls,
+        model_dir: str | os.PathLike[str],
+        config: EdgeConfig | None = None,
+        *,
+        cloud: CloudClient | None = None,
+        telemetry: Telemetry | None = None,
     ) -> EdgeRuntime:
         """Verify and load ``model_dir``; see :func:`load_model` for what it raises."""
         config = config or EdgeConfig()
-        return cls(load_model(model_dir, config), config, cloud=cloud)
+        return cls(load_model(model_dir, config), config, cloud=cloud, telemetry=telemetry)
 
     @property
     def config(self) -> EdgeConfig:
@@ -141,7 +157,23 @@ class EdgeRuntime:
         if self._closed:
             raise RuntimeError("the runtime is closed")
         if model is None:
-            return self._predict_remote(np.asarray(x), start)
+            return self._predict_remote(np.asarray(x), start)  # not counted: telemetry is about local models
+        telemetry = self.telemetry
+        if telemetry is None:
+            return self._predict_local(model, x, start)[0]
+        try:
+            result, answer = self._predict_local(model, x, start)
+        except InvalidInput:
+            raise  # the caller's input, not the model, failed
+        except FedgeError:
+            telemetry.record(model.manifest.version, (time.perf_counter() - start) * 1e3, error=True)
+            raise
+        _count(telemetry, model.manifest.version, result, answer)
+        return result
+
+    def _predict_local(
+        self, model: LoadedModel, x: object, start: float
+    ) -> tuple[Prediction | BatchPrediction, _Answer]:
         batch, single = model.inputs.prepare(x)
         mode = self._config.fallback if self._cloud is not None else "edge-only"
         key = None
@@ -149,7 +181,7 @@ class EdgeRuntime:
             key = input_key(batch, model.manifest.version)
             cached = self._cache.get(key)
             if cached is not None:
-                return _result(cached, model.manifest, single, start)
+                return _result(cached, model.manifest, single, start), cached._replace(engine_failed=False)
         if mode == "edge-only":
             answer = _Answer(self._run_local(model, batch), None, None)
         elif mode == "edge-first":
@@ -158,7 +190,7 @@ class EdgeRuntime:
             answer = self._cloud_first(model, batch, start, mode)
         if key is not None and (answer.sources is None or "edge-degraded" not in answer.sources):
             self._cache.put(key, answer)  # a degraded answer is not kept: the cloud may be back next time
-        return _result(answer, model.manifest, single, start)
+        return _result(answer, model.manifest, single, start), answer
 
     def _edge_first(self, model: LoadedModel, batch: np.ndarray, start: float) -> _Answer:
         try:
@@ -166,9 +198,10 @@ class EdgeRuntime:
         except BackendError as exc:
             log.warning("local engine failed (%s); asking the cloud", exc)
             reply = self._ask_cloud(model.manifest.name, batch, start)
-            return _Answer(reply.tensor, ("cloud",) * len(batch), reply.model_version)
+            return _Answer(reply.tensor, ("cloud",) * len(batch), reply.model_version, engine_failed=True)
         probs = confidences(outputs, model.manifest.output_kind)
-        low = low_confidence(probs.max(axis=1), self.confidence_threshold)
+        local = probs.max(axis=1)
+        low = low_confidence(local, self.confidence_threshold)
         if not low.any():
             return _Answer(outputs, None, None, probs)
         sources = np.full(len(batch), "edge", dtype=object)
@@ -183,7 +216,7 @@ class EdgeRuntime:
         outputs = outputs.copy()
         outputs[low] = reply.tensor
         sources[low] = "cloud"
-        return _Answer(outputs, tuple(sources), None)
+        return _Answer(outputs, tuple(sources), None, local_confidence=local)
 
     def _cloud_first(self, model: LoadedModel, batch: np.ndarray, start: float, mode: str) -> _Answer:
         try:
@@ -282,10 +315,43 @@ class _Answer(NamedTuple):
     sources: tuple[Source, ...] | None  # None: every row from the local model
     cloud_version: int | None
     probabilities: np.ndarray | None = None  # when already computed for the fallback decision
+    local_confidence: np.ndarray | None = None  # the local model's, for rows the cloud answered instead
+    engine_failed: bool = False  # the local engine failed and the cloud stood in
+
+
+def _count(telemetry: Telemetry, version: int, result: Prediction | BatchPrediction, answer: _Answer) -> None:
+    """Count one answered call: fallbacks, and the local model's confidence on the rows it ran."""
+    latency_ms = result.latency_ms
+    local, failed = answer.local_confidence, answer.engine_failed
+    if isinstance(result, Prediction):
+        fallback = result.source != "edge"
+        if local is not None:
+            conf, rows = float(local[0]), 1
+        elif result.source != "cloud":
+            conf, rows = result.confidence, 1
+        else:
+            conf, rows = 0.0, 0
+        telemetry.record(
+            version, latency_ms, fallbacks=fallback, confidence_sum=conf, confident_rows=rows, error=failed
+        )
+        return
+    n = len(result.labels)
+    sources = answer.sources  # None: every row from the local model
+    fallbacks = 0 if sources is None else n - sources.count("edge")
+    if local is not None:
+        conf, rows = float(local.sum()), n
+    elif sources is None:
+        conf, rows = float(result.confidences.sum()), n
+    else:
+        ran = [i for i, s in enumerate(sources) if s != "cloud"]
+        conf, rows = float(result.confidences[ran].sum()), len(ran)
+    telemetry.record(
+        version, latency_ms, rows=n, fallbacks=fallbacks, confidence_sum=conf, confident_rows=rows, error=failed
+    )
 
 
 def _result(answer: _Answer, manifest: Manifest | None, single: bool, start: float) -> Prediction | BatchPrediction:
-    outputs, sources, cloud_version, probs = answer
+    outputs, sources, cloud_version, probs = answer[:4]
     if probs is None:
         probs = confidences(outputs, manifest.output_kind if manifest else "logits")
     labels = probs.argmax(axis=1)

@@ -9,8 +9,14 @@ published again on every connect. A clean stop publishes ``{"state": "offline"}`
 disconnects; the broker publishes the same Last Will when the device drops off.
 Checks run in a :class:`~sdk.edge.background.CheckWorker`: coalesced, rate-limited, and
 never ended by what they raise. Each MQTT callback is a boundary (logged, counted in
-``callback_errors``), and the two threads watch each other: a notice restarts a dead check
-thread, and each check restarts a dead MQTT network thread.
+``callback_errors``), and the threads watch each other: a notice restarts a dead check
+thread, and each check and each telemetry turn restarts a dead MQTT network thread.
+
+Given a :class:`~sdk.edge.telemetry.Telemetry`, every status carries the telemetry window
+that closed with it (``"telemetry"``: calls, error and fallback rates, mean confidence,
+p50/p99 latency and latency buckets per version served): every ``telemetry_interval_s``,
+with every update step (a swap is one), and with the final ``offline``. A window closes only
+when the link is connected, so the counts of a time offline go out with the next status.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import paho.mqtt.client as mqtt
 
 from sdk import topics
 from sdk.edge.background import CheckSchedule, CheckWorker
+from sdk.edge.telemetry import Telemetry
 from sdk.mqtt import MqttSettings, connect, make_client, revive
 
 __all__ = ["DeviceLink"]
@@ -50,8 +57,12 @@ class DeviceLink:
         *,
         schedule: CheckSchedule | None = None,
         next_check_in: Callable[[Any], float | None] | None = None,
+        telemetry: Telemetry | None = None,
+        telemetry_interval_s: float = 60.0,
     ) -> None:
         """Prepare the connection; :meth:`start` connects."""
+        if telemetry_interval_s <= 0:
+            raise ValueError(f"telemetry_interval_s must be > 0, got {telemetry_interval_s}")
         self.device_id = device_id
         self.model = model
         self.settings = settings
@@ -65,6 +76,15 @@ class DeviceLink:
         self.checks = CheckWorker(self._check, name=name, schedule=schedule, next_check_in=next_check_in)
         self._status_lock = threading.Lock()
         self._last_status: bytes | None = None
+        self._last_event: dict[str, Any] = {"device_id": device_id, "model": model, "state": "online"}
+        self._last_telemetry: dict[str, Any] | None = None
+        self.telemetry = telemetry
+        self.telemetry_interval_s = telemetry_interval_s
+        self.telemetry_errors = 0
+        self._halt = threading.Event()
+        self._telemetry_thread = threading.Thread(
+            target=self._telemetry_loop, name=f"fedge-telemetry-{device_id}", daemon=True
+        )
         self._stopped = False
         self._connected_once = False
         will = json.dumps({"device_id": device_id, "state": "offline"}).encode()
@@ -86,6 +106,8 @@ class DeviceLink:
         self.checks.start()
         connect(self._client, self.settings, wait=wait)
         self._connected_once = True
+        if self.telemetry is not None:
+            self._telemetry_thread.start()
         return self
 
     def keep_alive(self) -> None:
@@ -101,9 +123,14 @@ class DeviceLink:
         """Publish a status event (retained: the fleet view shows the latest one); kept for the next connect."""
         self._publish_status({"state": "online", **event})
 
+    def report_telemetry(self) -> None:
+        """Publish the latest status with the telemetry window closed now (the timer calls this)."""
+        self._publish_status(None)
+
     def stop(self) -> None:
         """Publish the retained ``offline`` status, disconnect cleanly (no Last Will) and stop the worker."""
         self.checks.stop(timeout_s=0)  # an install under way is atomic: it may be cut off
+        self._halt.set()
         offline = {"device_id": self.device_id, "model": self.model, "state": "offline", "step": "stopped"}
         info = self._publish_status({**offline, "time": time.time()}, final=True)
         if info is not None:
@@ -114,21 +141,39 @@ class DeviceLink:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def _publish_status(self, body: dict[str, Any], *, final: bool = False) -> mqtt.MQTTMessageInfo | None:
-        """Remember ``body`` as the latest status and publish it when connected (paho would queue it unbounded).
+    def _publish_status(self, body: dict[str, Any] | None, *, final: bool = False) -> mqtt.MQTTMessageInfo | None:
+        """Remember ``body`` (None: the last one) as the latest status and publish it when connected.
 
-        After the ``final`` (offline) status nothing else is published: a check still running
-        must not mark a stopped device online again.
+        Not connected, nothing is published (paho would queue it unbounded) and the telemetry
+        window stays open. After the ``final`` (offline) status nothing else is published: a
+        check still running must not mark a stopped device online again.
         """
-        payload = json.dumps(body, default=str).encode()
         with self._status_lock:
             if self._stopped:
                 return None
             self._stopped = final
+            if body is not None:
+                self._last_event = body
+            connected = self._client.is_connected()
+            if self.telemetry is not None and connected:
+                self._last_telemetry = self.telemetry.take()
+            message = self._last_event
+            if self._last_telemetry is not None:
+                message = {**message, "telemetry": self._last_telemetry}
+            payload = json.dumps(message, default=str).encode()
             self._last_status = payload
-            if not self._client.is_connected():
+            if not connected:
                 return None
             return self._client.publish(self.status_topic, payload, qos=1, retain=True)
+
+    def _telemetry_loop(self) -> None:
+        while not self._halt.wait(self.telemetry_interval_s):
+            try:
+                self.keep_alive()
+                self.report_telemetry()
+            except Exception:  # the boundary: the next turn may succeed, and the counts wait for it
+                self.telemetry_errors += 1
+                log.exception("publishing telemetry failed")
 
     def _check(self) -> Any:
         self.keep_alive()

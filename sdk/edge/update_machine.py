@@ -20,7 +20,8 @@ How a failure ends a check depends on whose fault it is, never on which library 
 
 * the signed release itself is bad (:class:`ReleaseUnusable`, :class:`SmokeTestFailed`, any
   :class:`ModelError`, a failed health window): ``rejected`` or ``rolled-back``, and the version
-  is remembered, so that it is not taken again until a newer release or an operator's ``forget``;
+  is remembered, so that it is not taken again until a newer release or an operator's ``forget``
+  (a release this device's privacy policy refuses, :class:`PolicyRefused`, also until the policy changes);
 * bytes or metadata that do not verify (:class:`UpdateRejected`): ``rejected``, retried with backoff
   (a mirror may serve a corrupt copy; the signed release may still be good);
 * the repository or the device failed (unreachable, disk full, out of memory, an engine that cannot
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 from sdk.backoff import Backoff
@@ -42,6 +43,7 @@ from sdk.errors import (
     BackendUnavailable,
     DeviceResourceError,
     ModelError,
+    PolicyRefused,
     ReleaseUnusable,
     RepositoryUnreachable,
     SmokeTestFailed,
@@ -182,6 +184,7 @@ class Verdict:
     retry_after_s: float
     remember: bool = False
     failures: int = 0
+    by_policy: bool = False  # refused by this device's privacy policy: looked at again when the policy changes
 
 
 class UpdateMachine:
@@ -254,7 +257,8 @@ class UpdateMachine:
         if environment:
             return self._end(State.IDLE, "failed", detail, failed=True)
         if isinstance(error, (ReleaseUnusable, SmokeTestFailed, ModelError)):
-            return self._end(State.REJECTED, "rejected", detail, failed=False, remember=self.version is not None)
+            verdict = self._end(State.REJECTED, "rejected", detail, failed=False, remember=self.version is not None)
+            return replace(verdict, by_policy=isinstance(error, PolicyRefused))
         if isinstance(error, UpdateRejected):
             return self._end(State.REJECTED, "rejected", detail, failed=True)
         return self._end(State.IDLE, "failed", detail, failed=True)

@@ -1,4 +1,4 @@
-"""The device's update memory: versions it refused, and how its last checks went.
+"""The device's update memory: versions it refused (and under which privacy policy), and how its last checks went.
 
 Kept in its own file (``<state>/update-memory.json``), apart from the model store and the TUF
 metadata: wiping installed versions forgets neither trust nor refusals, and an operator can
@@ -41,9 +41,18 @@ class UpdateMemory:
             log.error("update memory %s unreadable (%s); starting with an empty one", self.path, exc)
             self.path.replace(self.path.with_name(self.path.name + ".unreadable"))
 
-    def remember(self, version: int, outcome: str, reason: str) -> None:
-        """Refuse ``version`` from now on: it was rejected or rolled back."""
+    def remember(self, version: int, outcome: str, reason: str, *, policy: dict[str, Any] | None = None) -> None:
+        """Refuse ``version`` from now on: it was rejected or rolled back (by the privacy ``policy``, if given)."""
         self.refused[version] = {"outcome": outcome, "reason": reason, "time": time.time()}
+        if policy is not None:
+            self.refused[version]["policy"] = policy
+
+    def forget_other_policies(self, policy: dict[str, Any]) -> list[int]:
+        """Let versions a privacy policy other than ``policy`` refused be tried again; return those forgotten."""
+        gone = sorted(v for v, why in self.refused.items() if why.get("policy", policy) != policy)
+        for v in gone:
+            del self.refused[v]
+        return gone
 
     def forget(self, version: int | None = None) -> list[int]:
         """Let ``version`` (None: every refused version) be tried again; return the versions forgotten."""

@@ -11,9 +11,12 @@ endless data and untrusted keys are refused there), read the model's signed rele
 pick the newest active release for this device's channel that its rollout bucket admits, that
 carries this device's target and that the device did not refuse before; download the manifest,
 the artifact for this device's target and the probe (each verified against the signed length and
-sha256, before anything is written into the model directory), check that the manifest is the
-release it claims, load it through the engine (its input and output signature against the
-manifest) and run its probe through the live input path, publish it as a new version directory,
+sha256, before anything is written into the model directory; the artifact rebuilt from the version
+the device holds and a signed patch when there is one, :mod:`sdk.delta`), check that the manifest is the
+release it claims and that its signed lineage keeps to this device's privacy policy
+(:mod:`sdk.edge.privacy_policy`; a release that breaks it is refused before its artifact is
+downloaded), load it through the engine (its input and output signature against the manifest)
+and run its probe through the live input path, publish it as a new version directory,
 point ``current`` at it, swap it into the running runtime, then watch a health window (the probe
 again, the error rate of live calls, and a run of failed live calls that ends it at once) and roll
 back to the previous version on failure.
@@ -42,8 +45,10 @@ from typing import Any
 from sdk.backoff import Backoff
 from sdk.config import check as check_config
 from sdk.config import load_section
+from sdk.delta import choose_parent, patch_target, rebuild
 from sdk.edge.config import EdgeConfig
 from sdk.edge.install import ModelStore
+from sdk.edge.privacy_policy import PrivacyPolicy
 from sdk.edge.rollout import in_rollout
 from sdk.edge.runtime import EdgeRuntime
 from sdk.edge.update_errors import map_update_errors, translate
@@ -59,7 +64,15 @@ from sdk.edge.update_machine import (
     choose_release,
 )
 from sdk.edge.update_memory import UpdateMemory
-from sdk.errors import ConfigError, FedgeError, ModelError, ReleaseUnusable, SmokeTestFailed, UpdateRejected
+from sdk.errors import (
+    ConfigError,
+    FedgeError,
+    ModelError,
+    PolicyRefused,
+    ReleaseUnusable,
+    SmokeTestFailed,
+    UpdateRejected,
+)
 from sdk.loading import LoadedModel, load_model, smoke_test
 from sdk.manifest import ARTIFACT_KINDS, load_manifest, write_fetched
 
@@ -72,8 +85,8 @@ _WATCH_STEP_S = 0.05  # how often the health window looks at the live error coun
 
 
 @dataclass(frozen=True, kw_only=True)
-class UpdateConfig:
-    """What this device updates and from where (``[update]`` table)."""
+class UpdateConfig(PrivacyPolicy):
+    """What this device updates, from where, and the privacy its releases may have spent (``[update]`` table)."""
 
     model: str
     device_id: str
@@ -88,8 +101,10 @@ class UpdateConfig:
     health_probes: int = 3
     max_error_rate: float = 0.05
     max_error_run: int = 3
+    telemetry_interval_s: float = 60.0  # a status with the telemetry window this often (and after every swap)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_config(self.target in ARTIFACT_KINDS, "target", f"must be one of {', '.join(ARTIFACT_KINDS)}")
         check_config(self.repository_url.startswith(("http://", "https://")), "repository_url", "must be http(s)")
         check_config(self.max_download_bytes > 0, "max_download_bytes", "must be > 0")
@@ -104,6 +119,7 @@ class UpdateConfig:
         check_config(self.health_probes >= 1, "health_probes", "must be >= 1")
         check_config(0 <= self.max_error_rate <= 1, "max_error_rate", "must be within [0, 1]")
         check_config(self.max_error_run >= 1, "max_error_run", "must be >= 1")
+        check_config(1 <= self.telemetry_interval_s <= 86_400, "telemetry_interval_s", "must be within 1..86400")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> UpdateConfig:
@@ -162,6 +178,8 @@ class ModelUpdater:
             raise ConfigError("update.target", f"{config.target!r} is not in [edge] artifacts {allowed}")
         self.reporter: Reporter = reporter or (lambda event: None)
         self.memory = memory or UpdateMemory(store.root / "update-memory.json")
+        if again := self.memory.forget_other_policies(config.terms()):  # a changed policy looks again
+            log.info("versions %s, refused under another privacy policy, may be taken again", again)
         self._fetcher = fetcher
         self._clock, self._sleep, self._draw = clock, sleep, draw
         self._backoff = Backoff(
@@ -173,6 +191,8 @@ class ModelUpdater:
             max_error_rate=config.max_error_rate,
             max_error_run=config.max_error_run,
         )
+        self.patches_applied = 0  # artifacts rebuilt from a held version and a signed patch
+        self.patch_failures = 0  # patches that failed to download, apply or verify: the full file came instead
         self._lock = threading.Lock()
         self._settled_timestamp: int | None = None  # the signed timestamp's version at the last clean check
         self._metadata_dir = store.root / "tuf"
@@ -227,7 +247,8 @@ class ModelUpdater:
 
     def _conclude(self, verdict: Verdict) -> UpdateOutcome:
         if verdict.remember and verdict.version is not None:
-            self.memory.remember(verdict.version, verdict.outcome, verdict.detail)
+            policy = self.config.terms() if verdict.by_policy else None
+            self.memory.remember(verdict.version, verdict.outcome, verdict.detail, policy=policy)
         self.memory.record(verdict.outcome, verdict.version, verdict.failures)
         try:
             self.memory.save()
@@ -347,6 +368,8 @@ class ModelUpdater:
         if manifest.name != model or manifest.version != version:
             said = f"{manifest.name} v{manifest.version}"
             raise ReleaseUnusable(f"the manifest says {said}, the signed release {model} v{version}")
+        if (refusal := self.config.refusal(manifest.lineage)) is not None:  # before the artifact comes down
+            raise PolicyRefused(f"{model} v{version} {refusal}")
         artifact = manifest.artifacts.get(self.config.target)
         if artifact is None:
             raise ReleaseUnusable(f"{model} v{version} has no {self.config.target} artifact")
@@ -355,8 +378,62 @@ class ModelUpdater:
             if info is None:
                 raise ReleaseUnusable(f"the signed metadata has no {prefix}{name}")
             self._check_signed_for(info, prefix, model, version)
-            self._fetch(updater, info, staging / name)
+            if name != artifact.file or not self._patched(updater, info, version, staging / name):
+                self._fetch(updater, info, staging / name)
         write_fetched(staging, [self.config.target])
+
+    def _patched(self, updater: Any, info: Any, version: int, out: Path) -> bool:
+        """Rebuild the artifact ``info`` at ``out`` from a held version and its signed patch; False: fetch it whole.
+
+        A patch that fails to download, apply or verify is counted and reported, and the device
+        fetches the full file: it never ends the check.
+        """
+        model, kind = self.config.model, self.config.target
+        held = self._held_artifacts()
+        patches: dict[int, Any] = {}
+        for parent in held:
+            patch = updater.get_targetinfo(patch_target(model, kind, parent, version))
+            custom = patch.unrecognized_fields.get("custom", {}) if patch is not None else {}
+            signed_for = tuple(custom.get(k) for k in ("model", "version", "kind", "artifact", "parent"))
+            if signed_for == (model, version, "patch", kind, parent):
+                patches[parent] = patch
+        parent = choose_parent(version, held, {p: i.length for p, i in patches.items()}, info.length)
+        if parent is None:
+            return False
+        fetched = out.with_name(".patch")
+        try:
+            with map_update_errors():
+                self._fetch(updater, patches[parent], fetched)
+                data = rebuild(
+                    held[parent].read_bytes(), fetched.read_bytes(), sha256=info.hashes["sha256"], size=info.length
+                )
+                out.write_bytes(data)
+        except FedgeError as exc:
+            self.patch_failures += 1
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("the patch from v%s to v%s failed, fetching the full artifact: %s", parent, version, reason)
+            self.report("patch-failed", target_version=version, parent=parent, reason=reason)
+            out.unlink(missing_ok=True)
+            return False
+        finally:
+            fetched.unlink(missing_ok=True)
+        self.patches_applied += 1
+        self.report("patched", target_version=version, parent=parent, patch_bytes=patches[parent].length)
+        return True
+
+    def _held_artifacts(self) -> dict[int, Path]:
+        """This device's artifact file in each version it holds (``current`` and ``previous``), by version."""
+        held: dict[int, Path] = {}
+        for directory in (self.store.current(), self.store.previous()):
+            if directory is None:
+                continue
+            try:
+                artifact = load_manifest(directory).artifacts.get(self.config.target)
+            except ModelError:
+                continue  # a damaged version is no parent; the full file will come
+            if artifact is not None and (directory / artifact.file).is_file():
+                held[self.store.version_of(directory)] = directory / artifact.file
+        return held
 
     def _check_signed_for(self, info: Any, prefix: str, model: str, version: int) -> None:
         custom = info.unrecognized_fields.get("custom", {})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -118,6 +119,10 @@ def test_edge_run_connects_later_installs_and_a_clean_stop_leaves_it_offline(
     assert fleet[0]["device_id"] == "pi-late"
     assert fleet[0]["last_step"] == "stopped"
     assert fleet[0]["stale"] is False
+    # Every status after the v2 notice was seen; each telemetry window, sent again with later statuses, counts once.
+    windows = {s["telemetry"]["window"]: s["telemetry"] for s in statuses if "telemetry" in s}
+    on_v2 = sum(e["calls"] for w in windows.values() for e in w["versions"] if e["version"] == 2)
+    assert on_v2 == len(re.findall(r"from edge(?:-degraded)?, v2,", out.read_text())) > 0
     # A bare client that connects now is handed the retained status: offline, not the Last Will (the stop was clean).
     retained: list[dict] = []
     late = subscribed_client(

@@ -98,7 +98,7 @@ def test_fleet_shows_the_last_refusal_offline_and_stale_devices(registry, device
     updater = device("pi-r2")
     updater.reporter = registry.record_status
     assert updater.check().outcome == "installed"
-    repo.release(versions(2))
+    repo.release(versions(2), patches=False)  # no patch: the attack is on the full artifact
     (stored,) = (repo.targets_dir / "digits" / "2").glob("*.model-int8.onnx")
     stored.write_bytes(stored.read_bytes()[:-10])  # a truncated artifact: a real refusal
     assert updater.check().outcome == "rejected"

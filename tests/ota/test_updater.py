@@ -53,7 +53,7 @@ def test_release_installs_swaps_and_reports(device, repo, versions):
     assert updater.runtime.manifest.version == 2
     assert updater.runtime.predict(SAMPLE).model_version == 2
     steps = [e["step"] for e in updater.events if e.get("target_version") == 2 or e.get("installed_version") == 2]
-    assert steps == ["downloading", "smoke-test", "installing", "installed", "healthy"]
+    assert steps == ["downloading", "patched", "smoke-test", "installing", "installed", "healthy"]  # v1's patch
     assert updater.check().outcome == "up-to-date"
     # Only this device's artifact came down, not every artifact of the release; fetched.json says which.
     files = {p.name for p in updater.store.current().iterdir()}
@@ -99,7 +99,7 @@ def test_paused_release_is_not_taken(device, repo, versions):
 
 def test_tampered_artifact_is_refused(device, repo, versions):
     updater = installed_then(device, repo, versions)
-    repo.release(versions(2))
+    repo.release(versions(2), patches=False)  # no patch: the attack is on the full artifact
     (stored,) = (repo.targets_dir / "digits" / "2").glob("*.model-int8.onnx")
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -109,7 +109,7 @@ def test_tampered_artifact_is_refused(device, repo, versions):
 
 def test_truncated_artifact_is_refused(device, repo, versions):
     updater = installed_then(device, repo, versions)
-    repo.release(versions(2))
+    repo.release(versions(2), patches=False)  # no patch: the attack is on the full artifact
     (stored,) = (repo.targets_dir / "digits" / "2").glob("*.model-int8.onnx")
     stored.write_bytes(stored.read_bytes()[:1000])
     assert_still_on_v1(updater, updater.check())
@@ -117,7 +117,7 @@ def test_truncated_artifact_is_refused(device, repo, versions):
 
 def test_oversized_artifact_stops_at_the_signed_length(device, repo, versions):
     updater = installed_then(device, repo, versions)
-    repo.release(versions(2))
+    repo.release(versions(2), patches=False)  # no patch: the attack is on the full artifact
     (stored,) = (repo.targets_dir / "digits" / "2").glob("*.model-int8.onnx")
     stored.write_bytes(stored.read_bytes() + b"\0" * 5_000_000)
     assert_still_on_v1(updater, updater.check())

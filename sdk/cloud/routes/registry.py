@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio.to_thread
 from fastapi import APIRouter, Body, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
-from sdk.cloud.deps import Admin, Authorized, RegistryDep
-from sdk.cloud.registry import STALE_AFTER_S
+from sdk.cloud.deps import Admin, Authorized, RegistryDep, State
+from sdk.cloud.model_archive import unpack_model
+from sdk.cloud.registry import STALE_AFTER_S, Registry
 from sdk.cloud.routes.models import GUARDED, SLOW_BODY, read_body
 from sdk.cloud.schemas import ErrorBody
-from sdk.errors import Conflict, WireFormatError
-from sdk.manifest import load_manifest
+from sdk.errors import Conflict
 
 __all__ = ["router"]
 
@@ -29,8 +30,14 @@ _ANSWERS = {
 _CONFLICT = {409: {"model": ErrorBody, "description": "The operation contradicts the registry's state."}}
 _JSON_BODY = {400: {"model": ErrorBody, "description": "The body is not JSON."}, **SLOW_BODY}
 _UPLOAD = {
-    400: {"model": ErrorBody, "description": "Not a tar archive, or a member that is not a plain top-level file."},
-    413: {"model": ErrorBody, "description": "Archive over 512 MiB."},
+    400: {
+        "model": ErrorBody,
+        "description": "Not a tar archive, or a member that is not a plain top-level file the manifest lists.",
+    },
+    413: {
+        "model": ErrorBody,
+        "description": "Archive over max_upload_bytes, or members declaring more than max_unpacked_bytes.",
+    },
 }
 
 router = APIRouter(prefix="/v1/registry", tags=["registry"], responses=_ANSWERS)
@@ -40,6 +47,10 @@ _BINARY = {"type": "string", "format": "binary"}
 _MAX_VERSION, _MAX_NAME = 2**31 - 1, 64
 Version = Annotated[int, Field(ge=0, le=_MAX_VERSION)]
 ModelName = Annotated[str, Field(min_length=1, max_length=_MAX_NAME)]
+# An uploaded model's name becomes a folder of the store: a plain name, never "..".
+_PLAIN_NAME = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{_MAX_NAME - 1}}}$"
+# The registry checks, then inserts: two uploads at once in worker threads would race between the two.
+_ONE_UPLOAD_AT_A_TIME = threading.Lock()
 
 
 class ReleaseRequest(BaseModel):
@@ -58,22 +69,6 @@ class ReleaseChange(BaseModel):
     rollout: int | None = Field(None, ge=0, le=100)
 
 
-def _extract(archive: bytes, into: Path) -> Path:
-    """Unpack a model directory archive, refusing anything but plain files at its top level."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
-            for member in tar.getmembers():
-                name = member.name.removeprefix("./")
-                if not member.isfile() or "/" in name or name.startswith(".") or not name:
-                    raise WireFormatError(f"archive member {member.name!r}: only plain top-level files are allowed")
-                data = tar.extractfile(member)
-                assert data is not None
-                (into / name).write_bytes(data.read())
-    except tarfile.TarError as exc:
-        raise WireFormatError(f"not a tar archive: {exc}") from None
-    return into
-
-
 @router.post(
     "/models/{name}/versions",
     dependencies=[Admin],
@@ -87,14 +82,27 @@ def _extract(archive: bytes, into: Path) -> Path:
         }
     },
 )
-async def upload_version(name: str, request: Request, registry: RegistryDep) -> dict[str, Any]:
+async def upload_version(
+    name: Annotated[str, PathParam(min_length=1, max_length=_MAX_NAME, pattern=_PLAIN_NAME)],
+    request: Request,
+    registry: RegistryDep,
+    state: State,
+) -> dict[str, Any]:
     """Verify every file against the manifest and register the version (admin key)."""
-    body = await read_body(request, 512 * 1024 * 1024)
-    with tempfile.TemporaryDirectory(prefix="fedge-upload-") as tmp:
-        directory = _extract(body, Path(tmp))
-        if load_manifest(directory).name != name:
-            raise Conflict(f"the archive holds a manifest for another model than {name!r}")
-        return registry.add_version(directory)
+    body = await read_body(request, state.config.max_upload_bytes)
+    # Unpacking, hashing and copying block: in a worker thread, /tuf and predictions go on answering meanwhile.
+    return await anyio.to_thread.run_sync(_register, registry, name, body, state.config.max_unpacked_bytes)
+
+
+def _register(registry: Registry, name: str, archive: bytes, max_unpacked_bytes: int) -> dict[str, Any]:
+    """Unpack an upload into a staging folder of the store and register it; nothing stays if it is refused."""
+    with _ONE_UPLOAD_AT_A_TIME:
+        registry.store_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".upload-", dir=registry.store_dir) as staging:
+            manifest = unpack_model(archive, Path(staging), max_unpacked_bytes=max_unpacked_bytes)
+            if manifest.name != name:
+                raise Conflict(f"the archive holds a manifest for another model than {name!r}")
+            return registry.add_version(staging)
 
 
 @router.get("/models/{name}/versions", dependencies=[Authorized], summary="List a model's versions")
@@ -112,7 +120,10 @@ async def list_versions(name: str, registry: RegistryDep) -> list[dict[str, Any]
 )
 async def create_release(request: Annotated[ReleaseRequest, Body()], registry: RegistryDep) -> dict[str, Any]:
     """Sign the version into the TUF repository and send the retained MQTT notice (admin key)."""
-    return registry.release(request.model, request.version, channel=request.channel, rollout=request.rollout)
+    # Off the event loop: signing and making the patches take seconds for a large model.
+    return await run_in_threadpool(
+        registry.release, request.model, request.version, channel=request.channel, rollout=request.rollout
+    )
 
 
 @router.patch(
@@ -146,3 +157,13 @@ async def fleet(
 ) -> list[dict[str, Any]]:
     """Device id, model, running version, status (online/offline), stale, last step, last refusal, last seen (UTC)."""
     return registry.fleet(stale_after_s=stale_after_s)
+
+
+@router.get("/telemetry", dependencies=[Authorized], summary="What the fleet served, per version")
+async def telemetry(
+    registry: RegistryDep,
+    model: Annotated[str | None, Query(min_length=1, max_length=_MAX_NAME)] = None,
+    per_device: Annotated[bool, Query(description="One entry per device and version.")] = False,
+) -> list[dict[str, Any]]:
+    """Per model and version: devices, calls, error and fallback rates, mean confidence, p50/p99 latency (ms)."""
+    return registry.telemetry(model, per_device=per_device)
