@@ -58,15 +58,7 @@ def test_worker_process_answers_and_stops_on_sigterm(broker, model_dir, tmp_path
     proc = Fedge(tmp_path, "cloud", "worker", "-m", str(model_dir), "--broker", broker.address, "--id", "cli-w1")
     try:
         with CloudClient(MqttSettings.from_address(broker.address), device_id="cli-device") as client:
-
-            def answered():
-                try:
-                    return client.infer("digits", np.zeros((1, 8, 8), np.float32), timeout_s=1)
-                except CloudError:
-                    assert proc.alive(), proc.output
-                    return None
-
-            reply = poll(answered, "an answer from the worker process")
+            reply = _first_answer(client, proc)
         assert reply.source == "cloud:cli-w1"
     finally:
         assert proc.stop() == 0
