@@ -157,11 +157,12 @@ class MobileNetSpec:
         import onnxruntime
 
         from federation.export import pipeline, to_onnx
+        from sdk import manifest
 
         digest = hashlib.sha256()
         meta = {**asdict(self), "rev": BUILD_REVISION, "torch": torch.__version__, "ort": onnxruntime.__version__}
         digest.update(json.dumps(meta, sort_keys=True).encode())
-        for module_file in (__file__, to_onnx.__file__, pipeline.__file__):
+        for module_file in (__file__, to_onnx.__file__, pipeline.__file__, manifest.__file__):
             digest.update(Path(module_file).read_bytes())
         return digest.hexdigest()[:16]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sdk.loading import LoadOptions, load_model
-from sdk.manifest import file_digest, load_manifest
+from sdk.manifest import file_digest, load_manifest, read_probe, write_probe
 
 __all__ = ["fine_tuned", "make_version", "with_wrong_probe"]
 
@@ -27,10 +27,8 @@ def with_wrong_probe(model_dir: Path) -> Path:
     manifest = load_manifest(model_dir)
     assert manifest.probe is not None, f"{model_dir} has no probe"
     path = model_dir / manifest.probe.file
-    with np.load(path, allow_pickle=False) as npz:
-        probe = {k: (v + 5.0 if k.startswith("expected") else v) for k, v in npz.items()}
-    np.savez(path, **probe)
-    sha, size = file_digest(path)
+    probe = {k: (v + 5.0 if k.startswith("expected") else v) for k, v in read_probe(path).items()}
+    sha, size = write_probe(path, probe)
     dataclasses.replace(manifest, probe=dataclasses.replace(manifest.probe, sha256=sha, size=size)).write(model_dir)
     return model_dir
 
@@ -67,12 +65,10 @@ def fine_tuned(model_dir: Path, out: Path, version: int, *, fraction: float = 0.
     model = load_model(out, LoadOptions(artifacts=(artifact.kind,), smoke_test=False))
     try:
         path = out / manifest.probe.file
-        with np.load(path, allow_pickle=False) as npz:
-            probe = dict(npz.items())
-        probe[f"expected__{artifact.kind}"] = model.backend.run(model.inputs.prepare(probe["input"])[0])
+        probe = read_probe(path)
+        probe[f"expected/{artifact.kind}"] = model.backend.run(model.inputs.prepare(probe["input"])[0])
     finally:
         model.close()
-    np.savez(path, **probe)
-    sha, size = file_digest(path)
+    sha, size = write_probe(path, probe)
     dataclasses.replace(manifest, probe=dataclasses.replace(manifest.probe, sha256=sha, size=size)).write(out)
     return out

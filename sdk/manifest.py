@@ -36,13 +36,16 @@ __all__ = [
     "Manifest",
     "Probe",
     "TensorSpec",
+    "compact_input",
     "fetched_kinds",
     "file_digest",
     "load_manifest",
     "load_probe",
     "plain_file_name",
+    "read_probe",
     "verify_files",
     "write_fetched",
+    "write_probe",
 ]
 
 FORMAT_VERSION = 1
@@ -204,8 +207,78 @@ def load_probe(model_dir: str | os.PathLike[str], manifest: Manifest) -> dict[st
     if manifest.probe is None:
         raise ModelNotFound(f"the manifest of {manifest.name} v{manifest.version} has no probe")
     verify_files(model_dir, [manifest.probe])
-    with np.load(Path(model_dir) / manifest.probe.file, allow_pickle=False) as npz:
-        return {key.replace("__", "/"): npz[key] for key in npz.files}
+    return read_probe(Path(model_dir) / manifest.probe.file)
+
+
+# A probe's input only has to exercise the live input path and reproduce recorded outputs, so a
+# float input travels as one byte per value plus two numbers: a quarter of its float32 size, which
+# matters when one input image is a sixth of an int8 model. The step is a power of two and the
+# lowest level a multiple of it, so that every level is exact in the input's own float type.
+_LEVELS = 255
+
+
+def _levels(x: np.ndarray) -> tuple[float, float]:
+    low, high = float(x.min()), float(x.max())
+    if high > low:  # one level spare: rounding the lowest level down must not push the highest out of range
+        step = 2.0 ** math.ceil(math.log2((high - low) / (_LEVELS - 1)))
+    else:  # one value: a step fine enough that the value itself is a level
+        step = 2.0 ** (math.frexp(low)[1] - 53) if low else 1.0
+    return math.floor(low / step) * step, step
+
+
+def _encode(x: np.ndarray) -> tuple[np.ndarray, float, float]:
+    low, step = _levels(x)
+    codes = np.clip(np.rint((x.astype(np.float64) - low) / step), 0, _LEVELS)
+    return codes.astype(np.uint8), low, step
+
+
+def _decode(codes: np.ndarray, low: float, step: float, dtype: np.dtype) -> np.ndarray:
+    return (codes.astype(np.float64) * step + low).astype(dtype)
+
+
+def compact_input(x: np.ndarray) -> np.ndarray:
+    """``x`` as a probe stores it: a float input moved to the nearest of 256 even levels spanning its values."""
+    if not np.issubdtype(x.dtype, np.floating) or x.size == 0 or not np.isfinite(x).all():
+        return x
+    return _decode(*_encode(x), x.dtype)
+
+
+def write_probe(path: str | os.PathLike[str], probe: Mapping[str, np.ndarray]) -> tuple[str, int]:
+    """Write ``probe`` (``input`` and ``expected/<kind>`` arrays) compressed to ``path``; return its sha256 and size.
+
+    An input that :func:`compact_input` leaves unchanged is stored as one byte per value, any other as it is.
+    """
+    arrays = {key.replace("/", "__"): value for key, value in probe.items() if key != "input"}
+    x = np.asarray(probe["input"])
+    if compact_input(x) is not x and np.array_equal(compact_input(x), x):
+        codes, low, step = _encode(x)
+        arrays.update(input_codes=codes, input_levels=np.array([low, step]), input_dtype=np.array(x.dtype.name))
+    else:
+        arrays["input"] = x
+    np.savez_compressed(path, **arrays)
+    return file_digest(path)
+
+
+def read_probe(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a probe file (either layout): ``input`` and ``expected/<artifact kind>`` arrays.
+
+    Raises:
+        ModelIntegrityError: the file is not a probe.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        if "input_codes" in arrays:
+            low, step = (float(v) for v in arrays.pop("input_levels"))
+            dtype = np.dtype(str(arrays.pop("input_dtype")))
+            if not np.issubdtype(dtype, np.floating):
+                raise ValueError(f"a compact input must decode to floats, not {dtype}")
+            arrays["input"] = _decode(arrays.pop("input_codes"), low, step, dtype)
+    except (OSError, ValueError, TypeError, KeyError, EOFError) as exc:
+        raise ModelIntegrityError(f"{Path(path).name} is not a readable probe: {exc}") from exc
+    if "input" not in arrays:
+        raise ModelIntegrityError(f"{Path(path).name} has no probe input")
+    return {key.replace("__", "/"): value for key, value in arrays.items()}
 
 
 def write_fetched(directory: Path, kinds: list[str]) -> None:

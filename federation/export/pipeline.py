@@ -27,7 +27,7 @@ from federation.task import LABELS, MODEL_NAME, Split, accuracy, predict_logits,
 from sdk.backends import open_backend
 from sdk.config import check, load_section
 from sdk.errors import AccuracyGateFailed, ExportError
-from sdk.manifest import PROBE_FILE, Artifact, Manifest, Probe, TensorSpec, file_digest
+from sdk.manifest import PROBE_FILE, Artifact, Manifest, Probe, TensorSpec, compact_input, file_digest, write_probe
 
 __all__ = ["ArtifactFile", "ExportConfig", "build_model_dir", "export_model", "run_artifact"]
 
@@ -112,9 +112,9 @@ def build_model_dir(
 ) -> Manifest:
     """Record each artifact's digest and probe output in ``directory`` and write its manifest."""
     directory = Path(directory)
-    expected = {f"expected__{a.kind}": run_artifact(directory / a.file, a.kind, probe_input) for a in artifacts}
-    np.savez(directory / PROBE_FILE, input=probe_input, **expected)
-    probe_sha, probe_size = file_digest(directory / PROBE_FILE)
+    probe_input = compact_input(probe_input)
+    expected = {f"expected/{a.kind}": run_artifact(directory / a.file, a.kind, probe_input) for a in artifacts}
+    probe_sha, probe_size = write_probe(directory / PROBE_FILE, {"input": probe_input, **expected})
     entries: dict[str, Artifact] = {}
     for a in artifacts:
         sha, size = file_digest(directory / a.file)

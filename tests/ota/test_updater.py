@@ -23,6 +23,7 @@ from sdk.edge import EdgeConfig, EdgeRuntime
 from sdk.edge.rollout import bucket, in_rollout
 from sdk.edge.updater import open_installed
 from sdk.errors import Conflict
+from sdk.manifest import PROBE_FILE, read_probe
 
 SAMPLE = np.zeros((1, 8, 8), np.float32)
 
@@ -293,7 +294,7 @@ def test_errors_in_the_health_window_roll_back(device, repo, versions):
         original(event)
         if event["step"] == "installed" and event.get("installed_version") == 2:
             backend = updater.runtime.backend
-            probe = np.load(updater.store.current() / "probe.npz", allow_pickle=False)["input"]
+            probe = read_probe(updater.store.current() / PROBE_FILE)["input"]
             run = backend.run
 
             def broken(x):  # fault injection: the new engine passes its probe and fails every live call
