@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from sdk.cloud.rollout_policy import RolloutPolicy
 
-__all__ = ["Action", "Check", "Decision", "DeviceEvidence", "Evidence", "Served", "decide"]
+__all__ = ["Action", "Check", "Decision", "DeviceEvidence", "Evidence", "Served", "decide", "judged_devices", "measure"]
 
 Action = Literal["hold", "advance", "complete", "abort"]
 
