@@ -88,3 +88,12 @@ class RegistryClient:
             content=buffer.getvalue(),
             headers={"Content-Type": "application/gzip"},
         )
+
+    def release(self, model: str, version: int, *, channel: str = "stable", staged: bool = False) -> dict[str, Any]:
+        """Release ``version`` to the whole channel, or (``staged``) to the first stage of the model's policy."""
+        body = {"model": model, "version": version, "channel": channel, "staged": staged}
+        return call("POST", f"{self.url}/v1/registry/releases", key=self.key, timeout_s=self.timeout_s, json=body)
+
+    def rollout_status(self, model: str) -> dict[str, Any]:
+        """The model's newest staged rollout: stage, devices per version, checks, last decision and reason."""
+        return call("GET", f"{self.url}/v1/registry/rollouts/{model}", key=self.read_key, timeout_s=self.timeout_s)

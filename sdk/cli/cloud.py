@@ -185,23 +185,32 @@ def serve(
     if not cloud.model_dirs and not cloud.registry_url:
         raise typer.BadParameter("give --model-dir to serve models, or --registry-url to run the registry")
     ensure_open_files(cloud)
+    policies = _rollout_policies(cloud)  # a bad policy file stops the start here, naming its key
     services = _load_services(cloud)
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: [s.close() for s in services.values()])
-        registry = None
+        registry = rollouts = None
         if cloud.registry_url:
-            registry = _open_registry(cloud, broker, config, stack)
+            registry, rollouts = _open_registry(cloud, broker, config, stack, policies)
         auth = f"{len(cloud.api_keys)} API key(s)" if cloud.api_keys else "no API keys: /v1 is open"
         what = ", ".join(services) or "no models"
         console.print(f"serving {what} on http://{cloud.host}:{cloud.port} ({auth}); docs at /docs")
-        app = create_app(services, cloud, repository_dir=cloud.repository_dir, registry=registry)
+        app = create_app(services, cloud, repository_dir=cloud.repository_dir, registry=registry, rollouts=rollouts)
         uvicorn.run(app, host=cloud.host, port=cloud.port, log_level="warning", **uvicorn_options(cloud))
 
 
-def _open_registry(cloud, broker: str | None, config: Path | None, stack: contextlib.ExitStack):
+def _rollout_policies(cloud):
+    from sdk.cloud.rollout_policy import RolloutPolicies
+
+    return RolloutPolicies.load(cloud.rollout_policy) if cloud.rollout_policy else RolloutPolicies()
+
+
+def _open_registry(cloud, broker: str | None, config: Path | None, stack: contextlib.ExitStack, policies):
     from sdk.cloud.registry import Registry
     from sdk.cloud.releases import ReleaseService
     from sdk.cloud.repository import ReleaseRepository
+    from sdk.cloud.rollout_store import RolloutStore
+    from sdk.cloud.rollouts import RolloutDriver
     from sdk.cloud.signing import KeySet
     from sdk.mqtt import MqttSettings, parse_address
 
@@ -215,7 +224,9 @@ def _open_registry(cloud, broker: str | None, config: Path | None, stack: contex
         host, port = parse_address(broker)
         settings = replace(MqttSettings.load(config), host=host, port=port)
     stack.enter_context(ReleaseService(registry, settings))
-    return registry
+    rollouts = RolloutStore(registry, policies)
+    stack.enter_context(RolloutDriver(rollouts, tick_s=cloud.rollout_tick_s))
+    return registry, rollouts
 
 
 def register(app: typer.Typer) -> None:

@@ -110,11 +110,14 @@ def release(
     version: int,
     channel: Annotated[str, typer.Option(help="Release channel.")] = "stable",
     rollout: Annotated[int, typer.Option(min=0, max=100, help="Percent of devices.")] = 100,
+    staged: Annotated[
+        bool, typer.Option("--staged", help="Start a staged rollout at the policy's first stage (not --rollout).")
+    ] = False,
     url: UrlOpt = "http://127.0.0.1:8000",
     as_json: JsonOpt = False,
 ) -> None:
     """Sign a version into the release repository and notify the fleet."""
-    body = {"model": model, "version": version, "channel": channel, "rollout": rollout}
+    body = {"model": model, "version": version, "channel": channel, "rollout": rollout, "staged": staged}
     data = _call("POST", f"{url}/v1/registry/releases", admin=True, json=body)
     _show(data, as_json, ("model", "version", "channel", "rollout", "state"))
 
@@ -165,6 +168,35 @@ def telemetry(
         data = [{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()} for d in data]
     columns = ("model", "version", *(("device_id",) if per_device else ()), "devices", "calls", "error_rate")
     _show(data, as_json, (*columns, "fallback_rate", "mean_confidence", "p50_ms", "p99_ms", "last_seen"))
+
+
+rollout_app = typer.Typer(help="Staged rollouts: stage, devices, telemetry against thresholds.", no_args_is_help=True)
+registry_app.add_typer(rollout_app, name="rollout")
+
+
+@rollout_app.command("status")
+def rollout_status(model: str, url: UrlOpt = "http://127.0.0.1:8000", as_json: JsonOpt = False) -> None:
+    """A model's newest staged rollout: stage, devices per version, checks against the thresholds, last decision."""
+    data = RegistryClient(url, _key(True), read_key=_key(False)).rollout_status(model)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    stages = ", ".join(f"{p} %" for p in data["stages"])
+    console.print(
+        f"{data['model']} v{data['version']} (after v{data['baseline']}): {data['state']}, "
+        f"stage {data['stage'] + 1} of {len(data['stages'])} ({stages}) at {data['percent']} %",
+        highlight=False,
+    )
+    devices = ", ".join(f"v{v}: {n}" if v != "none" else f"none: {n}" for v, n in data["devices"].items())
+    console.print(f"devices per version: {devices or 'none reported'}", highlight=False)
+    table = Table("threshold", "limit", "measured", "devices", "verdict")
+    for check in data["checks"]:
+        measured = "-" if check["measured"] is None else f"{check['measured']:.4g}"
+        verdict = "BREACHED" if check["breached"] else ("ok" if check["enforced"] else "too few devices")
+        table.add_row(check["threshold"], f"{check['limit']:.4g}", measured, str(check["devices"]), verdict)
+    console.print(table)
+    last = data.get("last_decision") or {}
+    console.print(f"last decision: {last.get('action', 'none yet')}: {data['reason']}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

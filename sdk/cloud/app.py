@@ -26,6 +26,7 @@ from sdk.cloud.error_boundary import ErrorBoundary
 from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import ServiceMetrics
 from sdk.cloud.registry import Registry
+from sdk.cloud.rollout_store import RolloutStore
 from sdk.cloud.routes import models, ops
 from sdk.cloud.routes import registry as registry_routes
 from sdk.cloud.schemas import error_response
@@ -42,12 +43,14 @@ def create_app(
     metrics: ServiceMetrics | None = None,
     repository_dir: str | os.PathLike[str] | None = None,
     registry: Registry | None = None,
+    rollouts: RolloutStore | None = None,
 ) -> FastAPI:
     """An app serving ``services`` (by model name); their owner closes them after the server stops.
 
     With ``repository_dir`` it also serves the signed release repository under ``/tuf``
     (``/tuf/metadata/...`` and ``/tuf/targets/...``): public, because every byte is verified
-    by the device against signed metadata.
+    by the device against signed metadata. With a ``registry``, ``rollouts`` holds its staged
+    rollouts (default: under the default release policy).
     """
     app = FastAPI(
         title="Fedge cloud inference",
@@ -61,7 +64,9 @@ def create_app(
     metrics = metrics or ServiceMetrics()
     for service in services.values():
         service.report_to(metrics)
-    app.state.fedge = AppState(services=services, config=config, metrics=metrics, registry=registry)
+    if registry is not None and rollouts is None:
+        rollouts = RolloutStore(registry)
+    app.state.fedge = AppState(services=services, config=config, metrics=metrics, registry=registry, rollouts=rollouts)
     app.include_router(models.router, responses=models.UNEXPECTED)
     app.include_router(ops.router, responses=models.UNEXPECTED)
     app.include_router(registry_routes.router, responses=models.UNEXPECTED)

@@ -37,6 +37,10 @@ class CloudConfig:
 
     Registry uploads: ``max_upload_bytes`` bounds the archive as sent (else 413), and
     ``max_unpacked_bytes`` the sum of the sizes its members declare, checked before any is unpacked (else 413).
+
+    Staged rollouts: ``rollout_policy`` is the release-policy file (:mod:`sdk.cloud.rollout_policy`; none: its
+    defaults), read when the service starts (``FEDGE_CLOUD__ROLLOUT_POLICY``); the controller looks at every
+    running rollout each ``rollout_tick_s``.
     """
 
     model_dirs: tuple[Path, ...] = ()
@@ -67,6 +71,8 @@ class CloudConfig:
     max_header_bytes: int = 16 * 1024
     max_upload_bytes: int = 512 * 1024 * 1024
     max_unpacked_bytes: int = 512 * 1024 * 1024
+    rollout_policy: Path | None = None
+    rollout_tick_s: float = 10.0
 
     def __post_init__(self) -> None:
         check(1 <= self.port <= 65535, "port", f"must be within 1..65535, got {self.port}")
@@ -99,6 +105,7 @@ class CloudConfig:
         # An upload is held in memory while it is read; what it unpacks to goes to the store's disk.
         check(1024 <= self.max_upload_bytes <= 1 << 32, "max_upload_bytes", "must be within 1 KiB..4 GiB")
         check(1024 <= self.max_unpacked_bytes <= 1 << 40, "max_unpacked_bytes", "must be within 1 KiB..1 TiB")
+        check(0 < self.rollout_tick_s <= 86400, "rollout_tick_s", f"must be in (0, 86400], got {self.rollout_tick_s}")
 
     def batcher(self) -> BatcherConfig:
         """The batching part of these settings."""

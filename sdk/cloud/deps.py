@@ -18,9 +18,10 @@ from sdk.cloud.config import CloudConfig
 from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import ServiceMetrics
 from sdk.cloud.registry import Registry
+from sdk.cloud.rollout_store import RolloutStore
 from sdk.errors import NotFound, Unauthorized, UnknownModel
 
-__all__ = ["Admin", "AppState", "Authorized", "RegistryDep", "ServiceFor", "State", "get_state"]
+__all__ = ["Admin", "AppState", "Authorized", "RegistryDep", "RolloutsDep", "ServiceFor", "State", "get_state"]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of the configured API keys.")
 
@@ -33,6 +34,7 @@ class AppState:
     config: CloudConfig
     metrics: ServiceMetrics
     registry: Registry | None = None
+    rollouts: RolloutStore | None = None
 
 
 async def get_state(request: Request) -> AppState:
@@ -72,6 +74,16 @@ async def get_registry(state: State) -> Registry:
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+async def get_rollouts(state: State) -> RolloutStore:
+    """The staged rollouts of the registry, when this service runs one."""
+    if state.rollouts is None:
+        raise NotFound("this service runs no registry")
+    return state.rollouts
+
+
+RolloutsDep = Annotated[RolloutStore, Depends(get_rollouts)]
 
 
 async def service_for(name: str, state: State) -> InferenceService:

@@ -339,6 +339,7 @@ class Registry:
             refusal = previous.get("last_refusal")
             if report.step in REFUSALS:
                 refusal = {"step": report.step, "reason": (report.reason or "")[:500], "at": received.isoformat()}
+                refusal["version"] = report.target_version  # the refused one: a rollout counts it as an install failure
             detail: dict[str, Any] = {"reason": report.reason, "target_version": report.target_version}
             detail = {k: v for k, v in detail.items() if v is not None}
             if refusal:

@@ -13,7 +13,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from sdk.cloud.deps import Admin, Authorized, RegistryDep, State
+from sdk.cloud.deps import Admin, Authorized, RegistryDep, RolloutsDep, State
 from sdk.cloud.model_archive import unpack_model
 from sdk.cloud.registry import STALE_AFTER_S, Registry
 from sdk.cloud.routes.models import GUARDED, SLOW_BODY, read_body
@@ -60,6 +60,9 @@ class ReleaseRequest(BaseModel):
     version: Version
     channel: str = Field("stable", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     rollout: int = Field(100, ge=0, le=100, description="Percent of devices (by a stable hash of their id).")
+    staged: bool = Field(
+        False, description="Start at the first stage of the model's release policy (rollout is then ignored)."
+    )
 
 
 class ReleaseChange(BaseModel):
@@ -118,9 +121,13 @@ async def list_versions(name: str, registry: RegistryDep) -> list[dict[str, Any]
     summary="Release a version",
     responses={**_CONFLICT, **_JSON_BODY},
 )
-async def create_release(request: Annotated[ReleaseRequest, Body()], registry: RegistryDep) -> dict[str, Any]:
+async def create_release(
+    request: Annotated[ReleaseRequest, Body()], registry: RegistryDep, rollouts: RolloutsDep
+) -> dict[str, Any]:
     """Sign the version into the TUF repository and send the retained MQTT notice (admin key)."""
     # Off the event loop: signing and making the patches take seconds for a large model.
+    if request.staged:
+        return await run_in_threadpool(rollouts.start, request.model, request.version, channel=request.channel)
     return await run_in_threadpool(
         registry.release, request.model, request.version, channel=request.channel, rollout=request.rollout
     )
@@ -167,3 +174,11 @@ async def telemetry(
 ) -> list[dict[str, Any]]:
     """Per model and version: devices, calls, error and fallback rates, mean confidence, p50/p99 latency (ms)."""
     return registry.telemetry(model, per_device=per_device)
+
+
+@router.get("/rollouts/{model}", dependencies=[Authorized], summary="A model's staged rollout")
+async def rollout_status(
+    model: Annotated[str, PathParam(min_length=1, max_length=_MAX_NAME)], rollouts: RolloutsDep
+) -> dict[str, Any]:
+    """The newest rollout: release, stage and percent, devices per version, live checks, last decision, history."""
+    return await run_in_threadpool(rollouts.status, model)
