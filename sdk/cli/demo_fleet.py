@@ -54,7 +54,8 @@ FLEET = (
     ("jetson-yard", "jetson"),
 )
 MODEL = "digits"
-PHASES = ("v1 everywhere", "candidate rollout", "bad version: abort and recall", "until stopped")
+#: The stage's phases; each device's answers are counted per phase.
+PHASES = ("on v1", "candidate rollout", "abort + recall", "to the stop")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,7 +108,8 @@ class DeviceRun:
     example: str
     target: str
     answers: int
-    errors: int
+    errors: int  # samples left unanswered once the device had answered its first
+    connecting: int  # samples before its first answer: no model installed yet and the broker not yet connected
     sources: dict[str, int]
     versions: tuple[int, ...]  # the local model's versions in the order it answered with them, repeats merged
     per_phase: tuple[int, ...]  # answers in each of PHASES
@@ -383,10 +385,13 @@ def _device_run(device_id: str, example: str, log: Path, marks: list[dict[str, i
 
     sources: Counter[str] = Counter()
     versions: list[int] = []
-    errors = 0
+    errors = connecting = 0
     for line in _lines(log):
         if _NO_ANSWER.match(line):
-            errors += 1
+            if sources:
+                errors += 1
+            else:
+                connecting += 1
         elif answer := _ANSWER.match(line):
             sources[answer["source"]] += 1
             local = int(answer["version"])
@@ -400,6 +405,7 @@ def _device_run(device_id: str, example: str, log: Path, marks: list[dict[str, i
         target=target,
         answers=sum(sources.values()),
         errors=errors,
+        connecting=connecting,
         sources=dict(sources),
         versions=tuple(versions),
         per_phase=tuple(b - a for a, b in itertools.pairwise(totals)),
@@ -411,10 +417,9 @@ def _print_table(run: LoopRun) -> None:
 
     aborted = run.bad_rollout.get("reason", "")
     table = Table(title=f"the loop on four devices: v1, v{run.candidate} staged, v{run.bad} forced, aborted, recalled")
-    for col in ("device", "example", "target", "bucket", "local model served", *PHASES, "answers", "failed"):
-        table.add_column(
-            col, justify="left" if col in ("device", "example", "target", "local model served") else "right"
-        )
+    left = ("device", "example", "target", "local model served")
+    for col in (*left[:3], "bucket", left[3], *PHASES, "answers", "failed", "connecting"):
+        table.add_column(col, justify="left" if col in left else "right")
     for d in run.devices:
         served = " -> ".join(f"v{v}" for v in d.versions)
         by = ", ".join(f"{n} {source}" for source, n in sorted(d.sources.items()))
@@ -427,6 +432,7 @@ def _print_table(run: LoopRun) -> None:
             *(str(n) for n in d.per_phase),
             f"{d.answers} ({by})",
             str(d.errors),
+            str(d.connecting),
         )
     console.print(table)
     console.print(
