@@ -111,7 +111,7 @@ class DeviceRun:
     errors: int  # samples left unanswered once the device had answered its first
     connecting: int  # samples before its first answer: no model installed yet and the broker not yet connected
     sources: dict[str, int]
-    versions: tuple[int, ...]  # the local model's versions in the order it answered with them, repeats merged
+    versions: tuple[int, ...]  # the versions it swapped in, in order (its log's "now serving" lines)
     per_phase: tuple[int, ...]  # answers in each of PHASES
 
 
@@ -367,8 +367,9 @@ def _print_status(url: str, key: str) -> None:
     console.print(f"$ fedge registry rollout status {MODEL}\n{shown.stdout.rstrip()}", highlight=False)
 
 
-_ANSWER = re.compile(r"^(?P<device>[\w.-]+): label \d+ \([\d.]+\) from (?P<source>[\w-]+), v(?P<version>\d+),")
+_ANSWER = re.compile(r"^(?P<device>[\w.-]+): label \d+ \([\d.]+\) from (?P<source>[\w-]+), v\d+,")
 _NO_ANSWER = re.compile(r"^(?P<device>[\w.-]+): no answer \(")
+_SWAP = re.compile(rf" INFO fedge\.edge: now serving {MODEL} v(?P<version>\d+)")
 
 
 def _lines(path: Path) -> list[str]:
@@ -384,7 +385,6 @@ def _device_run(device_id: str, example: str, log: Path, marks: list[dict[str, i
     from sdk.config import tomllib
 
     sources: Counter[str] = Counter()
-    versions: list[int] = []
     errors = connecting = 0
     for line in _lines(log):
         if _NO_ANSWER.match(line):
@@ -394,9 +394,7 @@ def _device_run(device_id: str, example: str, log: Path, marks: list[dict[str, i
                 connecting += 1
         elif answer := _ANSWER.match(line):
             sources[answer["source"]] += 1
-            local = int(answer["version"])
-            if answer["source"] != "cloud" and (not versions or versions[-1] != local):
-                versions.append(local)
+    versions = [int(swap["version"]) for line in _lines(log.with_suffix(".log")) if (swap := _SWAP.search(line))]
     totals = [0, *(m[device_id] for m in marks)]
     target = tomllib.loads((log.parent / "fedge.toml").read_text())["update"]["target"]
     return DeviceRun(
@@ -417,24 +415,25 @@ def _print_table(run: LoopRun) -> None:
 
     aborted = run.bad_rollout.get("reason", "")
     table = Table(title=f"the loop on four devices: v1, v{run.candidate} staged, v{run.bad} forced, aborted, recalled")
-    left = ("device", "example", "target", "local model served")
-    for col in (*left[:3], "bucket", left[3], *PHASES, "answers", "failed", "connecting"):
-        table.add_column(col, justify="left" if col in left else "right")
+    for col in ("device", "target", "installed", "answers per phase", "from the cloud", "failed"):
+        table.add_column(col, justify="left" if col in ("device", "target", "installed") else "right")
     for d in run.devices:
-        served = " -> ".join(f"v{v}" for v in d.versions)
-        by = ", ".join(f"{n} {source}" for source, n in sorted(d.sources.items()))
         table.add_row(
             d.device_id,
-            d.example,
             d.target,
-            str(bucket(d.device_id, MODEL)),
-            served,
-            *(str(n) for n in d.per_phase),
-            f"{d.answers} ({by})",
+            " ".join(f"v{v}" for v in d.versions),
+            " / ".join(str(n) for n in d.per_phase),
+            str(d.sources.get("cloud", 0)),
             str(d.errors),
-            str(d.connecting),
         )
     console.print(table)
+    connecting = sum(d.connecting for d in run.devices)
+    console.print(
+        f"answers per phase: {' / '.join(PHASES)}; stage buckets: "
+        + ", ".join(f"{d.device_id} {bucket(d.device_id, MODEL)}" for d in run.devices)
+        + f"; {connecting} sample(s) came before a device's first answer (no model yet, broker not yet connected)",
+        highlight=False,
+    )
     console.print(
         f"v{run.candidate}: {run.candidate_rollout['state']} ({run.candidate_rollout['reason']}); "
         f"v{run.bad}: {run.bad_rollout['state']} ({aborted}); every file verified against TUF metadata "
