@@ -107,7 +107,9 @@ def test_the_recall_instruction_is_parsed_from_the_index_and_a_malformed_one_ski
 
 
 def test_a_committed_recall_says_which_version_it_left_and_why():
-    m = UpdateMachine(backoff=Backoff(base_s=1, max_s=9, interval_s=9), health=HealthRules(), failures=0, draw=float)
+    m = UpdateMachine(
+        backoff=Backoff(base_s=1, max_s=9, interval_s=9), health=HealthRules(), failures=0, draw=lambda: 0.0
+    )
     m.advance(State.CHECKING)
     m.chosen(entry(1), recalled=entry(2, "aborted", to=1))
     for step in (State.VERIFYING, State.STAGED, State.SWAPPING):
