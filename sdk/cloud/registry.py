@@ -284,11 +284,14 @@ class Registry:
     ) -> dict[str, Any]:
         """Pause, resume, abort or widen a release, in the signed metadata and here; an abort recalls (``reason``).
 
+        A reason longer than ``MAX_REASON_CHARS`` is cut there: an abort never fails for its wording.
+
         Raises:
             NotFound: no such version, or it has no release.
             Conflict: the release was aborted already.
-            ValueError: a rollout outside 0..100, or a reason without an abort, or one too long.
+            ValueError: a rollout outside 0..100, or a reason without an abort.
         """
+        reason = reason[:MAX_REASON_CHARS] if reason is not None else None
         with self._session.begin() as session:
             row = self._version(session, model, version)
             if not row.releases:
@@ -324,7 +327,6 @@ class Registry:
         Raises:
             NotFound: no such version, or it has no release.
             Conflict: the release was aborted already.
-            ValueError: the reason is too long.
         """
         return self.update_release(model, version, state="aborted", reason=reason)
 

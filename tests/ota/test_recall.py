@@ -192,6 +192,10 @@ def test_the_registry_records_the_recall_and_an_abort_is_a_recall(registry, vers
     assert listed[2]["recall"] == {"to": 1, "reason": "install failures"}
     assert "recall" not in listed[1]
     assert signed_index(repo)[3]["recall"] == listed[3]["recall"]
+    registry.add_version(versions(4))
+    registry.release("digits", 4)
+    long = registry.recall("digits", 4, reason="x" * 2000)  # a controller's long reason is cut, never a failed abort
+    assert long["recall"] == {"to": 1, "reason": "x" * 500}
 
     # A database made before recall lacks the columns: they are added, and what it holds stays.
     registry.close()
@@ -200,7 +204,7 @@ def test_the_registry_records_the_recall_and_an_abort_is_a_recall(registry, vers
         db.execute("ALTER TABLE releases DROP COLUMN recall_to")
     reopened = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "store", repo)
     try:
-        assert [r["version"] for r in reopened.releases("digits")] == [3, 2, 1]
+        assert [r["version"] for r in reopened.releases("digits")] == [4, 3, 2, 1]
         assert reopened.recall("digits", 1, reason="last one")["recall"] == {"to": None, "reason": "last one"}
     finally:
         reopened.close()
