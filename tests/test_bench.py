@@ -50,6 +50,7 @@ def test_ota_benchmark_produces_its_figures(tmp_path):
         "advance 100%",
         "complete 100%",
     ]
+    assert report["recall_s"] > 0  # every device went back to the release before the recalled one
 
 
 def test_balanced_order_gives_every_name_the_same_mean_position_every_two_rounds():
