@@ -20,6 +20,12 @@ release to the end of the good one, :class:`Traffic` keeps calling every device'
 those that raised, out of ``predictions_during_updates``. Each install watches a health window
 of ``HEALTH_WINDOW_S`` after its swap.
 
+Then comes a staged release (:data:`POLICY`: 5 %, 25 %, 100 %, each stage soaked a second), which
+the rollout controller (:mod:`sdk.cloud.rollouts`) widens on the devices' telemetry (each device
+reports every ``TELEMETRY_S``): ``time_to_fleet_s`` runs from the staged release to the last device
+on it, against ``time_to_fleet_soak_s``, the soak the policy asks for alone. Last, that release is
+recalled (a signed abort): ``recall_s`` runs from the recall to the last device back on the release before.
+
 The raw baseline runs in the same run, once before the rollout and once after, so drift
 falls on both sides: as many plain devices (a thread and an HTTP connection pool each, no
 TUF, no MQTT, no install) GET the same three files from the same server, all at once.
@@ -54,13 +60,18 @@ from sdk.cloud.config import CloudConfig
 from sdk.cloud.registry import Registry
 from sdk.cloud.releases import ReleaseService
 from sdk.cloud.repository import ReleaseRepository
+from sdk.cloud.rollout_policy import RolloutPolicies, RolloutPolicy
+from sdk.cloud.rollout_store import RolloutStore
+from sdk.cloud.rollouts import RolloutDriver
 from sdk.cloud.server import BackgroundServer
 from sdk.cloud.signing import init_keys
 from sdk.edge import EdgeRuntime
 from sdk.edge.background import CheckSchedule
 from sdk.edge.config import EdgeConfig
 from sdk.edge.install import ModelStore
+from sdk.edge.rollout import bucket
 from sdk.edge.status import DeviceLink
+from sdk.edge.telemetry import Telemetry
 from sdk.edge.updater import ModelUpdater, UpdateConfig, UpdateOutcome, open_installed
 from sdk.manifest import load_manifest, load_probe
 from sdk.mosquitto import Mosquitto
@@ -69,10 +80,20 @@ from sdk.mqtt import MqttSettings
 __all__ = ["CountingFetcher", "Traffic", "main", "raw_fetch", "run"]
 
 ADMIN = "bench-admin-0123456789abcdef"
-TARGETS = {"bytes_per_device_ratio": 1.1, "failed_predictions_during_updates": 0}
+TARGETS = {"bytes_per_device_ratio": 1.1, "failed_predictions_during_updates": 0, "recall_s": 30.0}
 HEALTH_WINDOW_S = 1.0  # the window after each swap (10 s by default on a device): part of every install's time
 TRAFFIC_THREADS = 2
 TRAFFIC_PAUSE_S = 0.005  # between two predictions of one traffic thread: serving goes on, lightly
+TELEMETRY_S = 0.5  # each device's telemetry interval, so that the controller sees a soak within a second
+#: The staged release: three stages, each soaked a second on devices that served a few calls on the new version.
+POLICY = RolloutPolicy(stages=(5, 25, 100), soak_s=1.0, min_devices=1, min_calls=3, targets=("onnx-int8",))
+ROLLOUT_TICK_S = 0.2
+
+
+def device_ids(count: int, model: str) -> list[str]:
+    """``count`` device ids, the first within the first stage of ``POLICY`` (so that every stage has a device)."""
+    first = next(f"bench-first-{k}" for k in range(10_000) if bucket(f"bench-first-{k}", model) < POLICY.stages[0])
+    return [first, *(f"bench-{i:03d}" for i in range(1, count))]
 
 
 class Traffic:
@@ -191,14 +212,17 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
         stack.callback(registry.close)
         stack.enter_context(ReleaseService(registry, settings))
         config = CloudConfig(admin_keys=(ADMIN,))
-        app = create_app({}, config, repository_dir=repo.directory, registry=registry)
+        rollouts = RolloutStore(registry, RolloutPolicies(default=POLICY))
+        stack.enter_context(RolloutDriver(rollouts, tick_s=ROLLOUT_TICK_S))
+        app = create_app({}, config, repository_dir=repo.directory, registry=registry, rollouts=rollouts)
         # The raw baseline's files, from the same server and the same kind of static route as /tuf.
         app.mount("/baseline", StaticFiles(directory=model_dir), name="baseline")
         server = stack.enter_context(BackgroundServer(app))
         raw_urls = [f"{server.url}/baseline/{name}" for name in release_files]
         good = make_version(model_dir, tmp / "good", manifest.version + 2)
         bad = with_wrong_probe(make_version(model_dir, tmp / "bad", manifest.version + 1))
-        for version_dir in (model_dir, bad, good):
+        staged = make_version(model_dir, tmp / "staged", manifest.version + 3)
+        for version_dir in (model_dir, bad, good, staged):
             registry.add_version(version_dir)
         step(f"raw baseline, before: {devices} plain devices GET the artifact, manifest and probe")
         raw_before, raw_bytes = raw_fetch(raw_urls, devices)
@@ -208,11 +232,19 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
         outcomes: queue.Queue[tuple[int, UpdateOutcome]] = queue.Queue()
         root = repo.root_bytes(1)
         edge_config = EdgeConfig(artifacts=("onnx-int8",), num_threads=1)
-        for i in range(devices):
-            device_id = f"bench-{i:03d}"
+        telemetries: list[Telemetry] = []
+        for i, device_id in enumerate(device_ids(devices, manifest.name)):
             fetcher = CountingFetcher()
             fetchers.append(fetcher)
-            link = DeviceLink(settings, device_id, manifest.name, schedule=CheckSchedule(min_interval_s=0.0))
+            telemetries.append(Telemetry())
+            link = DeviceLink(
+                settings,
+                device_id,
+                manifest.name,
+                schedule=CheckSchedule(min_interval_s=0.0),
+                telemetry=telemetries[-1],
+                telemetry_interval_s=TELEMETRY_S,
+            )
             updater = ModelUpdater(
                 ModelStore(tmp / "devices" / device_id),
                 UpdateConfig(
@@ -231,15 +263,21 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
             link.start(wait=True)  # connected before the clock starts: the release is timed, not the connects
             stack.callback(link.stop)
 
+        def post(path: str, body: dict[str, Any]) -> None:
+            response = httpx.post(f"{server.url}{path}", json=body, headers={"X-API-Key": ADMIN}, timeout=60)
+            response.raise_for_status()
+
+        def all_on(version: int) -> None:
+            while sum(d["running_version"] == version for d in registry.fleet()) < devices:
+                time.sleep(0.05)
+
         def release(version: int, expected: set[str]) -> None:
             """Release ``version`` over HTTP; return once every device's check about it ended as ``expected``."""
-            response = httpx.post(
-                f"{server.url}/v1/registry/releases",
-                json={"model": manifest.name, "version": version},
-                headers={"X-API-Key": ADMIN},
-                timeout=60,
-            )
-            response.raise_for_status()
+            post("/v1/registry/releases", {"model": manifest.name, "version": version})
+            checked(version, expected)
+
+        def checked(version: int, expected: set[str]) -> None:
+            """Return once every device's check about ``version`` ended (health window included) as ``expected``."""
             ended: dict[int, UpdateOutcome] = {}
             while len(ended) < devices:
                 i, outcome = outcomes.get(timeout=600)
@@ -251,8 +289,9 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
 
         step(f"before the clock: every device installs v{manifest.version} and serves it")
         release(manifest.version, {"installed"})
-        for updater in updaters:
-            updater.runtime = stack.enter_context(EdgeRuntime(open_installed(updater.store, edge_config), edge_config))
+        for updater, telemetry in zip(updaters, telemetries, strict=True):
+            installed = open_installed(updater.store, edge_config)
+            updater.runtime = stack.enter_context(EdgeRuntime(installed, edge_config, telemetry=telemetry))
         traffic = stack.enter_context(Traffic([u.runtime for u in updaters], load_probe(model_dir, manifest)["input"]))
         step(f"a bad release (v{manifest.version + 1}, its probe fails): every device must refuse it")
         release(manifest.version + 1, {"rejected", "rolled-back"})
@@ -261,14 +300,31 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
         step(f"the good release (v{manifest.version + 2}) over HTTP; waiting for every device to report it")
         started = time.perf_counter()
         release(manifest.version + 2, {"installed"})
-        while sum(d["running_version"] == manifest.version + 2 for d in registry.fleet()) < devices:
-            time.sleep(0.05)
+        all_on(manifest.version + 2)
         elapsed = time.perf_counter() - started
+        per_device = sum(f.bytes for f in fetchers) / devices
+        stages = "/".join(f"{p}%" for p in POLICY.stages)
+        step(f"a staged release (v{manifest.version + 3}): {stages}, each stage soaked {POLICY.soak_s} s on telemetry")
+        started = time.perf_counter()
+        post("/v1/registry/releases", {"model": manifest.name, "version": manifest.version + 3, "staged": True})
+        while rollouts.status(manifest.name)["state"] == "running":
+            time.sleep(0.05)
+        rollout = rollouts.status(manifest.name)
+        if rollout["state"] != "complete":
+            raise RuntimeError(f"the staged release ended {rollout['state']}: {rollout['reason']}")
+        all_on(manifest.version + 3)
+        to_fleet = time.perf_counter() - started
+        checked(manifest.version + 3, {"installed"})
+        step(f"recall of v{manifest.version + 3}: every device back on v{manifest.version + 2}")
+        started = time.perf_counter()
+        post(f"/v1/registry/releases/{manifest.name}/{manifest.version + 3}/recall", {"reason": "bench.ota"})
+        all_on(manifest.version + 2)
+        recall_s = time.perf_counter() - started
+        checked(manifest.version + 2, {"installed"})
         traffic.stop()
         step(f"raw baseline, after: {devices} plain devices GET the same files")
         raw_after, _ = raw_fetch(raw_urls, devices)
     raw_s = statistics.fmean([raw_before, raw_after])
-    per_device = sum(f.bytes for f in fetchers) / devices
     report = {
         "devices": devices,
         "time_to_all_devices_ratio": ratio(elapsed, raw_s),
@@ -281,6 +337,10 @@ def run(devices: int, step: Progress, cache_root: Path | None = None) -> dict[st
         "artifact_bytes": artifact_size,
         "bytes_per_device_ratio": ratio(per_device, artifact_size),
         "bytes_per_release_file_ratio": ratio(per_device, release_size),
+        "time_to_fleet_s": round(to_fleet, 2),
+        "time_to_fleet_soak_s": POLICY.soak_s * len(POLICY.stages),
+        "rollout_decisions": [f"{d['action']} {d['percent']}%" for d in rollout["history"]],
+        "recall_s": round(recall_s, 2),
         "predictions_during_updates": traffic.calls,
         "failed_predictions_during_updates": traffic.failed,
         **({"first_failed_prediction": traffic.first_failure} if traffic.first_failure else {}),
@@ -301,11 +361,14 @@ def render(report: dict[str, Any], console: Console) -> None:
         "raw_bytes_per_device",
         "bytes_per_device_ratio",
         "bytes_per_release_file_ratio",
+        "time_to_fleet_s",
+        "time_to_fleet_soak_s",
+        "recall_s",
         "predictions_during_updates",
         "failed_predictions_during_updates",
     )
     title = f"OTA rollout of int8 MobileNetV2 to {report['devices']} devices, against plain GETs of its files"
-    targets = {"bytes_per_device_ratio": "<= 1.1", "failed_predictions_during_updates": "0"}
+    targets = {"bytes_per_device_ratio": "<= 1.1", "failed_predictions_during_updates": "0", "recall_s": "<= 30"}
     console.print(figures_table(title, report, keys, targets))
 
 

@@ -37,7 +37,8 @@ FedgeError
 │   ├── DeviceResourceError     the device ran out of disk or memory, or could not write a file
 │   ├── UpdateRejected          metadata or artifact failed verification (TUF, hash, size)
 │   │   ├── ReleaseUnusable     the signed release itself cannot serve this device
-│   │   │   └── PolicyRefused   its signed lineage breaks the device's privacy policy (max_epsilon, min_clients)
+│   │   │   ├── PolicyRefused   its signed lineage breaks the device's privacy policy (max_epsilon, min_clients)
+│   │   │   └── RecallImpossible  a recall's target release has no artifact this device runs
 │   │   └── PatchUnusable       a binary patch does not rebuild the signed artifact (the full file is fetched)
 │   └── SmokeTestFailed         the new model did not load or failed its probe
 ├── PrivacyBudgetExhausted      the differential-privacy budget is spent
@@ -83,6 +84,7 @@ __all__ = [
     "PayloadTooLarge",
     "PolicyRefused",
     "PrivacyBudgetExhausted",
+    "RecallImpossible",
     "RegistryError",
     "RegistryRefused",
     "ReleaseUnusable",
@@ -264,6 +266,10 @@ class ReleaseUnusable(UpdateRejected):
 
 class PolicyRefused(ReleaseUnusable):
     """The release's signed lineage breaks this device's privacy policy (too much epsilon, too few clients)."""
+
+
+class RecallImpossible(ReleaseUnusable):
+    """The signed recall of the installed release names a version without an artifact for this device's target."""
 
 
 class PatchUnusable(UpdateRejected):

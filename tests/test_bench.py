@@ -43,6 +43,14 @@ def test_ota_benchmark_produces_its_figures(tmp_path):
     assert report["predictions_during_updates"] > 0  # the devices served through a bad and a good release
     assert report["failed_predictions_during_updates"] == 0
     assert report["meets_targets"]["failed_predictions_during_updates"] is True
+    assert report["time_to_fleet_s"] >= report["time_to_fleet_soak_s"] == 3.0  # the staged release soaked each stage
+    assert [d for d in report["rollout_decisions"] if not d.startswith("hold")] == [
+        "start 5%",
+        "advance 25%",
+        "advance 100%",
+        "complete 100%",
+    ]
+    assert report["recall_s"] > 0  # every device went back to the release before the recalled one
 
 
 def test_balanced_order_gives_every_name_the_same_mean_position_every_two_rounds():

@@ -138,6 +138,21 @@ def set_release(
 
 
 @registry_app.command()
+def recall(
+    model: str,
+    version: int,
+    reason: Annotated[str, typer.Option(help="Why: signed into the recall, shown in the fleet view.")] = "",
+    url: UrlOpt = "http://127.0.0.1:8000",
+    as_json: JsonOpt = False,
+) -> None:
+    """Abort a release: its devices go back to the newest earlier release of its channel not aborted."""
+    data = _call("POST", f"{url}/v1/registry/releases/{model}/{version}/recall", admin=True, json={"reason": reason})
+    if not as_json:
+        data = {**data, "recall_to": data["recall"]["to"], "reason": data["recall"]["reason"]}
+    _show(data, as_json, ("model", "version", "channel", "state", "recall_to", "reason"))
+
+
+@registry_app.command()
 def fleet(
     stale_after: Annotated[
         float | None,

@@ -8,6 +8,9 @@ announces it with a retained MQTT notice. Device status reports (validated by
 :mod:`sdk.cloud.status_report`) keep each device's last state and add its telemetry to one
 row per device and version; a report claiming a version that has no release is a counted
 rejection on the device's row, never its running version or telemetry.
+Aborting a release recalls it (:meth:`Registry.recall`): the signed metadata names the version
+its devices go back to, and the registry keeps that version and the reason with the release.
+Schema changes are additive: a column a newer registry declares is added to an older database.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     create_engine,
+    inspect,
     select,
+    text,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from sdk.cloud.repository import ReleaseRepository, ReleaseState
+from sdk.cloud.repository import MAX_REASON_CHARS, ReleaseRepository, ReleaseState
 from sdk.cloud.status_report import VersionStats, validate_status
 from sdk.errors import Conflict, NotFound
 from sdk.manifest import load_manifest, verify_files
@@ -113,6 +119,8 @@ class ReleaseRow(Base):
     channel: Mapped[str] = mapped_column(String(32))
     rollout: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), default="active")
+    reason: Mapped[str | None] = mapped_column(String(MAX_REASON_CHARS), default=None)  # why it was aborted
+    recall_to: Mapped[int | None] = mapped_column(Integer, default=None)  # where its devices go back to
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
     version: Mapped[VersionRow] = relationship(back_populates="releases")
@@ -168,6 +176,7 @@ class Registry:
         """Open (and create) the tables at ``url``; ``notify(model, version)`` announces a release."""
         self.engine = create_engine(url)
         Base.metadata.create_all(self.engine)
+        _add_new_columns(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self.store_dir = Path(store_dir)
         self.repository = repository
@@ -265,9 +274,24 @@ class Registry:
         return out
 
     def update_release(
-        self, model: str, version: int, *, state: ReleaseState | None = None, rollout: int | None = None
+        self,
+        model: str,
+        version: int,
+        *,
+        state: ReleaseState | None = None,
+        rollout: int | None = None,
+        reason: str | None = None,
     ) -> dict[str, Any]:
-        """Pause, resume, abort or widen a release, in the signed metadata and here."""
+        """Pause, resume, abort or widen a release, in the signed metadata and here; an abort recalls (``reason``).
+
+        A reason longer than ``MAX_REASON_CHARS`` is cut there: an abort never fails for its wording.
+
+        Raises:
+            NotFound: no such version, or it has no release.
+            Conflict: the release was aborted already.
+            ValueError: a rollout outside 0..100, or a reason without an abort.
+        """
+        reason = reason[:MAX_REASON_CHARS] if reason is not None else None
         with self._session.begin() as session:
             row = self._version(session, model, version)
             if not row.releases:
@@ -275,15 +299,36 @@ class Registry:
             release = row.releases[0]
             if release.state == "aborted":
                 raise Conflict(f"the release of {model} v{version} was aborted")
-            self.repository.update_release(model, version, state=state, rollout=rollout)
+            signed = self.repository.update_release(model, version, state=state, rollout=rollout, reason=reason)
             if state is not None:
                 release.state = state
             if rollout is not None:
                 release.rollout = rollout
+            if "recall" in signed:
+                self._copy_recalls(session, model)
             session.flush()
             out = _release_dict(release)
         self.notify(model, version)
         return out
+
+    def _copy_recalls(self, session: Session, model: str) -> None:
+        """Keep each recall of ``model`` as the signed metadata says (an abort also moves the recalls leading to it)."""
+        signed = {
+            r["version"]: r["recall"] for r in self.repository.releases() if r["model"] == model and "recall" in r
+        }
+        query = select(ReleaseRow).join(VersionRow).join(ModelRow).where(ModelRow.name == model)
+        for row in session.scalars(query).all():
+            if (recall := signed.get(row.version.number)) is not None:
+                row.recall_to, row.reason = recall["to"], recall["reason"]
+
+    def recall(self, model: str, version: int, *, reason: str) -> dict[str, Any]:
+        """Abort a release: its devices go back to the newest earlier release of its channel not aborted.
+
+        Raises:
+            NotFound: no such version, or it has no release.
+            Conflict: the release was aborted already.
+        """
+        return self.update_release(model, version, state="aborted", reason=reason)
 
     def releases(self, model: str | None = None) -> list[dict[str, Any]]:
         """Every release (of ``model``), newest first."""
@@ -487,13 +532,30 @@ def _version_dict(row: VersionRow) -> dict[str, Any]:
 
 
 def _release_dict(row: ReleaseRow) -> dict[str, Any]:
-    return {
+    out = {
         "model": row.version.model.name,
         "version": row.version.number,
         "channel": row.channel,
         "rollout": row.rollout,
         "state": row.state,
     }
+    if row.state == "aborted":
+        out["recall"] = {"to": row.recall_to, "reason": row.reason or ""}
+    return out
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Add the columns this registry declares that an older database's tables lack (nullable, so additive)."""
+    tables = set(inspect(engine).get_table_names())
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            if table.name not in tables:
+                continue
+            present = {c["name"] for c in inspect(connection).get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def _ms(value: float | None) -> float | None:

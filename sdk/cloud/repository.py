@@ -13,6 +13,11 @@ device that is mid-update never reads a mix of old and new. A release's model, v
 channel, rollout percentage and state live in the signed targets metadata (``custom``),
 never only in the MQTT notice. Each release also carries, per artifact kind, a binary patch from
 the previous release that was not aborted (:mod:`sdk.delta`), when the patch is small enough to be worth it.
+
+An abort is a recall: the aborted release's signed ``custom`` and its entry in the signed index
+gain ``"recall": {"to": <version or null>, "reason": ...}``, the newest earlier release of the same
+model and channel that is not aborted. Devices on the aborted version go back to it because the
+newest signed metadata says so; a replay of older metadata is refused by TUF itself.
 """
 
 from __future__ import annotations
@@ -48,11 +53,13 @@ from sdk.delta import make_patch, patch_target
 from sdk.errors import Conflict, NotFound
 from sdk.manifest import ARTIFACT_KINDS, load_manifest, verify_files
 
-__all__ = ["ReleaseRepository", "ReleaseState"]
+__all__ = ["MAX_REASON_CHARS", "ReleaseRepository", "ReleaseState"]
 
 log = logging.getLogger("fedge.cloud.repository")
 
 ReleaseState = Literal["active", "paused", "aborted"]
+#: The longest reason an abort (a recall) may carry in the signed metadata.
+MAX_REASON_CHARS = 500
 _SERIALIZER = JSONSerializer(compact=False)
 
 
@@ -153,6 +160,8 @@ class ReleaseRepository:
             key = (custom.get("model"), custom.get("version"))
             fields = ("model", "version", "channel", "rollout", "state")
             entry = found.setdefault(key, {k: custom.get(k) for k in fields})
+            if "recall" in custom:
+                entry["recall"] = dict(custom["recall"])
             entry.setdefault("files", {})[custom.get("kind")] = path
         return sorted(found.values(), key=lambda r: (r["model"], r["version"]))
 
@@ -214,15 +223,9 @@ class ReleaseRepository:
         A patch that cannot be made is logged and left out: devices then fetch the full artifact.
         """
         model, version = base["model"], base["version"]
-        earlier = {
-            c["version"]: c
-            for c in (i.unrecognized_fields.get("custom", {}) for i in targets.targets.values())
-            if c.get("model") == model and c.get("kind") == "manifest" and c.get("version") < version
-        }
-        standing = [v for v, c in earlier.items() if c.get("state") != "aborted"]
-        if not standing:
+        parent = _standing_before(targets, model, version)
+        if parent is None:
             return
-        parent = max(standing)
         out_dir = self.targets_dir / model / "patches"
         out_dir.mkdir(parents=True, exist_ok=True)
         for kind, path in artifacts:
@@ -258,29 +261,54 @@ class ReleaseRepository:
 
     @_serialized
     def update_release(
-        self, model: str, version: int, *, state: ReleaseState | None = None, rollout: int | None = None
+        self,
+        model: str,
+        version: int,
+        *,
+        state: ReleaseState | None = None,
+        rollout: int | None = None,
+        reason: str | None = None,
     ) -> dict[str, Any]:
         """Pause, resume, abort, or widen a release; the change is signed like the release itself.
 
+        Aborting recalls: the release's signed metadata and index entry name the version to go back to
+        (the newest earlier release of its model and channel not aborted; None when there is none) and
+        ``reason``; an earlier recall that pointed at this version now points at that one too.
+
         Raises:
             NotFound: no such release.
+            Conflict: the release was aborted already (an abort is final).
+            ValueError: a rollout outside 0..100, a reason without an abort, or a reason too long.
         """
+        if rollout is not None and not 0 <= rollout <= 100:
+            raise ValueError(f"rollout must be within 0..100, got {rollout}")
+        if reason is not None and state != "aborted":
+            raise ValueError("a reason goes with an abort (state='aborted') only")
+        if reason is not None and len(reason) > MAX_REASON_CHARS:
+            raise ValueError(f"the reason is {len(reason)} characters, over {MAX_REASON_CHARS}")
         md = self._latest("targets")
+        targets: Targets = md.signed
         hits = [
-            info
-            for info in md.signed.targets.values()
-            if info.unrecognized_fields.get("custom", {}).get("model") == model
-            and info.unrecognized_fields["custom"].get("version") == version
+            custom for custom in _customs(targets) if (custom.get("model"), custom.get("version")) == (model, version)
         ]
         if not hits:
             raise NotFound(f"no release of {model} v{version}")
-        for info in hits:
-            custom = info.unrecognized_fields["custom"]
+        if any(custom.get("state") == "aborted" for custom in hits):
+            raise Conflict(f"the release of {model} v{version} was aborted")
+        recall = None
+        if state == "aborted":
+            channel = next(c["channel"] for c in hits if c.get("kind") == "manifest")
+            recall = {"to": _standing_before(targets, model, version, channel), "reason": reason or ""}
+            for custom in _customs(targets):  # recalls to this version now go where it goes
+                earlier = custom.get("recall")
+                if custom.get("model") == model and earlier is not None and earlier.get("to") == version:
+                    custom["recall"] = {**earlier, "to": recall["to"]}
+        for custom in hits:
             if state is not None:
                 custom["state"] = state
+            if recall is not None:
+                custom["recall"] = dict(recall)
             if rollout is not None:
-                if not 0 <= rollout <= 100:
-                    raise ValueError(f"rollout must be within 0..100, got {rollout}")
                 custom["rollout"] = rollout
         self._publish(md)
         return next(r for r in self.releases() if (r["model"], r["version"]) == (model, version))
@@ -335,6 +363,8 @@ class ReleaseRepository:
             if custom.get("kind") != "manifest":
                 continue
             release = {k: custom[k] for k in ("version", "channel", "rollout", "state")}
+            if "recall" in custom:
+                release["recall"] = dict(custom["recall"])
             release["targets"] = sorted(carried.get((custom["model"], custom["version"]), []))
             by_model.setdefault(custom["model"], []).append(release)
         for model, releases in by_model.items():
@@ -367,3 +397,22 @@ class ReleaseRepository:
         timestamp_md.signed.expires = _expiry(self.timestamp_expiry)
         timestamp_md.signed.snapshot_meta = MetaFile(version=snapshot_md.signed.version)
         self._sign_write(timestamp_md, "timestamp", "timestamp.json")
+
+
+def _customs(targets: Targets) -> Iterable[dict[str, Any]]:
+    """The signed ``custom`` of every target (an empty one for a target without it)."""
+    return (info.unrecognized_fields.get("custom", {}) for info in targets.targets.values())
+
+
+def _standing_before(targets: Targets, model: str, version: int, channel: str | None = None) -> int | None:
+    """The newest release of ``model`` before ``version`` (of ``channel``, if given) that is not aborted."""
+    standing = [
+        c["version"]
+        for c in _customs(targets)
+        if c.get("model") == model
+        and c.get("kind") == "manifest"
+        and c.get("version") < version
+        and c.get("state") != "aborted"
+        and channel in (None, c.get("channel"))
+    ]
+    return max(standing, default=None)

@@ -1,7 +1,7 @@
 """The rollout driver: every ``tick_s`` it asks the controller about each running rollout and carries the answer out.
 
-Advance widens the signed release (``registry.update_release(rollout=...)``); abort aborts it
-(with the reason, where the registry takes one); every decision is recorded in the rollout's
+Advance widens the signed release (``registry.update_release(rollout=...)``); abort recalls it
+(``registry.recall``: its devices go back to the previous good release); every decision is recorded in the rollout's
 row (:mod:`sdk.cloud.rollout_store`). A paused release waits; one aborted by an operator ends
 its rollout. Each rollout's step is a boundary: a failure is logged and counted in
 ``failures``, and neither stops the other rollouts nor the next tick.
@@ -10,7 +10,6 @@ its rollout. Each rollout's step is a boundary: a failure is logged and counted 
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -90,10 +89,8 @@ class RolloutDriver:
         return decision
 
     def _abort(self, record: RolloutRecord, reason: str) -> None:
-        """Abort the signed release, giving the reason where the registry records one."""
-        takes_reason = "reason" in inspect.signature(self.registry.update_release).parameters
-        extra = {"reason": reason} if takes_reason else {}
-        self.registry.update_release(record.model, record.version, state="aborted", **extra)
+        """Abort the signed release with the reason: its devices are recalled to the previous good release."""
+        self.registry.recall(record.model, record.version, reason=reason)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.tick_s):

@@ -75,13 +75,18 @@ class ModelStore:
         return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
 
     def commit(self, staging: Path, version: int) -> Path:
-        """Publish a complete staging directory as ``versions/v<version>`` (replacing a stale copy)."""
+        """Publish a complete staging directory as ``versions/v<N>``, replacing a stale copy (never ``current``)."""
         _fsync_tree(staging)
         target = self.versions / f"v{version}"
-        if target.exists() and target != self.current() and target != self.previous():
-            shutil.rmtree(target)
+        stale = None
+        if target.exists() and target != self.current():
+            # Moved aside first (a damaged ``previous`` a recall downloads again included); removed at start if cut off.
+            stale = Path(tempfile.mkdtemp(prefix=".staging-stale-", dir=self.root))
+            os.replace(target, stale / target.name)
         os.replace(staging, target)
         _fsync_dir(self.versions)
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
         return target
 
     def point(self, directory: Path) -> None:

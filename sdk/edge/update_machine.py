@@ -15,6 +15,10 @@ raised as ``RuntimeError``):
 * after the swap, only ``committed`` or ``rolled-back`` end the check (``rejected`` when there is
   no previous version to go back to).
 
+What to install is :func:`choose_release`: the newest admitted release above the installed one;
+a lower version only when the signed index says the installed release was aborted and recalls
+it there (a recall), never otherwise.
+
 How a failure ends a check depends on whose fault it is, never on which library raised it
 (:mod:`sdk.edge.update_errors` maps foreign errors first):
 
@@ -51,9 +55,11 @@ from sdk.errors import (
 )
 
 __all__ = [
+    "Choice",
     "Decision",
     "HealthRules",
     "Outcome",
+    "Recall",
     "Release",
     "State",
     "UpdateMachine",
@@ -97,6 +103,14 @@ _NEXT: dict[State, frozenset[State]] = {
 
 
 @dataclass(frozen=True, kw_only=True)
+class Recall:
+    """The signed instruction of an aborted release: go back to version ``to`` (None: there is none), and why."""
+
+    to: int | None
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Release:
     """One entry of the signed release index."""
 
@@ -105,20 +119,46 @@ class Release:
     rollout: int
     state: str
     targets: tuple[str, ...]
+    recall: Recall | None = None
 
     @classmethod
     def from_index(cls, entry: Mapping[str, Any]) -> Release | None:
         """Parse one index entry; None for a malformed one (it is skipped, not fatal)."""
         try:
+            recall = entry.get("recall")
             return cls(
                 version=int(entry["version"]),
                 channel=str(entry["channel"]),
                 rollout=int(entry["rollout"]),
                 state=str(entry["state"]),
                 targets=tuple(str(t) for t in entry["targets"]),
+                recall=None
+                if recall is None
+                else Recall(to=_version_or_none(recall["to"]), reason=str(recall["reason"])),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
+
+
+def _version_or_none(value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"a recall target must be a version number, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a check installs; for a recall, the aborted release it leaves, and what stops it (nothing installs)."""
+
+    release: Release
+    recalled: Release | None = None
+    problem: str | None = None
+
+    @property
+    def reason(self) -> str:
+        """Why the installed release was recalled ("" for an upgrade)."""
+        recall = self.recalled.recall if self.recalled is not None else None
+        return recall.reason if recall is not None else ""
 
 
 def choose_release(
@@ -129,12 +169,17 @@ def choose_release(
     channel: str,
     admitted: Callable[[Release], bool],
     refused: Collection[int] = (),
-) -> Release | None:
-    """The newest active release of ``channel`` newer than ``installed`` that carries ``target``.
+) -> Choice | None:
+    """The newest active release of ``channel`` newer than ``installed`` that carries ``target``; else a recall.
 
     A newer release without this device's target, or one this device refused before, is skipped
-    for an older one that fits; ``admitted`` is the staged-rollout test.
+    for an older one that fits; ``admitted`` is the staged-rollout test. Without a newer one, a
+    lower version is chosen only when the installed release is aborted and its signed recall
+    names it (and this device did not refuse it): every device on the aborted release goes back,
+    whatever its channel or rollout bucket. A recall target without this device's target is
+    chosen with a ``problem``: the device keeps what it runs and reports why.
     """
+    releases = list(releases)
     eligible = [
         r
         for r in releases
@@ -145,7 +190,24 @@ def choose_release(
         and r.version not in refused
         and admitted(r)
     ]
-    return max(eligible, key=lambda r: r.version, default=None)
+    if eligible:
+        return Choice(max(eligible, key=lambda r: r.version))
+    return _recall(releases, installed=installed, target=target, refused=refused)
+
+
+def _recall(releases: list[Release], *, installed: int | None, target: str, refused: Collection[int]) -> Choice | None:
+    """Where the signed recall of the installed release sends this device; None when it is not recalled."""
+    by_version = {r.version: r for r in releases}
+    current = by_version.get(installed) if installed is not None else None
+    if current is None or current.state != "aborted" or current.recall is None or current.recall.to is None:
+        return None
+    back = by_version.get(current.recall.to)
+    if back is None or back.state == "aborted" or back.version >= current.version or back.version in refused:
+        return None
+    if target not in back.targets:
+        problem = f"v{back.version}, where the recall of v{current.version} leads, has no {target} artifact"
+        return Choice(back, recalled=current, problem=problem)
+    return Choice(back, recalled=current)
 
 
 def blames_release(error: BaseException) -> bool:
@@ -185,6 +247,7 @@ class Verdict:
     remember: bool = False
     failures: int = 0
     by_policy: bool = False  # refused by this device's privacy policy: looked at again when the policy changes
+    recalled: int | None = None  # the aborted version this check was leaving (a recall); refused once it is left
 
 
 class UpdateMachine:
@@ -198,6 +261,7 @@ class UpdateMachine:
         self._draw = draw
         self.state = State.IDLE
         self.version: int | None = None
+        self.recalled: Release | None = None
         self.history: list[State] = [State.IDLE]
 
     def advance(self, state: State) -> None:
@@ -211,11 +275,12 @@ class UpdateMachine:
         self.state = state
         self.history.append(state)
 
-    def chosen(self, release: Release | None) -> Verdict | None:
-        """The release picked from the index; a verdict when there is none (up to date)."""
+    def chosen(self, release: Release | None, *, recalled: Release | None = None) -> Verdict | None:
+        """The release picked from the index (leaving the aborted ``recalled``); a verdict when there is none."""
         if release is None:
             return self._end(State.IDLE, "up-to-date", "", failed=False)
         self.version = release.version
+        self.recalled = recalled
         self.advance(State.DOWNLOADING)
         return None
 
@@ -236,7 +301,11 @@ class UpdateMachine:
 
     def committed(self) -> Verdict:
         """The new version serves and passed its window (or there is no runtime to watch)."""
-        return self._end(State.COMMITTED, "installed", "", failed=False)
+        detail = ""
+        if self.recalled is not None:
+            reason = self.recalled.recall.reason if self.recalled.recall is not None else ""
+            detail = f"v{self.recalled.version} was recalled" + (f": {reason}" if reason else "")
+        return self._end(State.COMMITTED, "installed", detail, failed=False)
 
     def rolled_back(self, reason: str, *, possible: bool, blame_release: bool = True) -> Verdict:
         """The new version failed after the swap; ``possible`` says whether a previous version was there."""
@@ -270,4 +339,6 @@ class UpdateMachine:
             self.advance(State.IDLE)
         self.failures = self.failures + 1 if failed else 0
         delay = self.backoff.delay(self.failures, self._draw())
-        return Verdict(outcome, self.version, detail, delay, remember and self.version is not None, self.failures)
+        remember = remember and self.version is not None
+        recalled = self.recalled.version if self.recalled is not None else None
+        return Verdict(outcome, self.version, detail, delay, remember, self.failures, recalled=recalled)

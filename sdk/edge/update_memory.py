@@ -22,7 +22,7 @@ log = logging.getLogger("fedge.edge.updater")
 
 
 class UpdateMemory:
-    """Refused versions (rejected or rolled back) and the count of failed checks in a row."""
+    """Refused versions (rejected, rolled back, or left by a recall) and the count of failed checks in a row."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         """Read the memory at ``path`` (none yet: an empty one)."""
@@ -42,7 +42,7 @@ class UpdateMemory:
             self.path.replace(self.path.with_name(self.path.name + ".unreadable"))
 
     def remember(self, version: int, outcome: str, reason: str, *, policy: dict[str, Any] | None = None) -> None:
-        """Refuse ``version`` from now on: it was rejected or rolled back (by the privacy ``policy``, if given)."""
+        """Refuse ``version`` from now on: rejected, rolled back or recalled (by the privacy ``policy``, if given)."""
         self.refused[version] = {"outcome": outcome, "reason": reason, "time": time.time()}
         if policy is not None:
             self.refused[version]["policy"] = policy

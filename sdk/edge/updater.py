@@ -21,6 +21,15 @@ point ``current`` at it, swap it into the running runtime, then watch a health w
 again, the error rate of live calls, and a run of failed live calls that ends it at once) and roll
 back to the previous version on failure.
 
+A recall (the installed release aborted, its signed index entry naming the version to go back
+to, :func:`~sdk.edge.update_machine.choose_release`) installs that lower version like any other:
+the device's own copy when it still holds one (``previous``) whose manifest matches the signed
+one and whose files match that manifest, else a download; the same smoke test, swap and health
+window; then the aborted version is refused from then on, and the final status step is
+``recalled`` (``installed_version``, ``recalled_version``, ``reason``). A recall target this
+device cannot run is a ``rejected`` check (:class:`~sdk.errors.RecallImpossible`,
+:class:`~sdk.errors.PolicyRefused`): the device keeps serving what it has.
+
 ``check`` never raises: every failure, ours or a foreign library's (mapped in
 :mod:`sdk.edge.update_errors`), is an outcome that is reported and says when to check again.
 Rejected and rolled-back versions are kept in the update memory (:mod:`sdk.edge.update_memory`).
@@ -53,6 +62,7 @@ from sdk.edge.rollout import in_rollout
 from sdk.edge.runtime import EdgeRuntime
 from sdk.edge.update_errors import map_update_errors, translate
 from sdk.edge.update_machine import (
+    Choice,
     Decision,
     HealthRules,
     Outcome,
@@ -69,12 +79,13 @@ from sdk.errors import (
     FedgeError,
     ModelError,
     PolicyRefused,
+    RecallImpossible,
     ReleaseUnusable,
     SmokeTestFailed,
     UpdateRejected,
 )
 from sdk.loading import LoadedModel, load_model, smoke_test
-from sdk.manifest import ARTIFACT_KINDS, load_manifest, write_fetched
+from sdk.manifest import ARTIFACT_KINDS, Manifest, file_digest, load_manifest, verify_files, write_fetched
 
 __all__ = ["ModelUpdater", "UpdateConfig", "UpdateOutcome", "open_installed"]
 
@@ -136,6 +147,7 @@ class UpdateOutcome:
     detail: str = ""
     retry_after_s: float = 0.0
     release: int | None = None  # the release this check was about, if it chose one
+    recalled: int | None = None  # the aborted release this check was leaving (a recall)
 
 
 Reporter = Callable[[dict[str, Any]], None]
@@ -249,6 +261,8 @@ class ModelUpdater:
         if verdict.remember and verdict.version is not None:
             policy = self.config.terms() if verdict.by_policy else None
             self.memory.remember(verdict.version, verdict.outcome, verdict.detail, policy=policy)
+        if verdict.outcome == "installed" and verdict.recalled is not None:  # never back to the aborted version
+            self.memory.remember(verdict.recalled, "recalled", verdict.detail)
         self.memory.record(verdict.outcome, verdict.version, verdict.failures)
         try:
             self.memory.save()
@@ -263,8 +277,13 @@ class ModelUpdater:
         elif verdict.version is not None:
             fields["target_version"] = verdict.version
         step = "healthy" if verdict.outcome == "installed" and self.runtime is not None else verdict.outcome
+        if verdict.recalled is not None:
+            fields["recalled_version"] = verdict.recalled
+            step = "recalled" if verdict.outcome == "installed" else step
         self.report(step, **fields)
-        return UpdateOutcome(verdict.outcome, self.installed_version, verdict.detail, retry, verdict.version)
+        return UpdateOutcome(
+            verdict.outcome, self.installed_version, verdict.detail, retry, verdict.version, verdict.recalled
+        )
 
     def _updater(self) -> Any:
         from tuf.ngclient import Updater, UpdaterConfig
@@ -290,7 +309,7 @@ class ModelUpdater:
             if skip_unchanged and timestamp == self._settled_timestamp:
                 return machine.chosen(None)  # type: ignore[return-value]  # None chosen: always a verdict
             releases = self._index(updater)
-        release = choose_release(
+        choice = choose_release(
             releases,
             installed=self.installed_version,
             target=self.config.target,
@@ -298,11 +317,22 @@ class ModelUpdater:
             admitted=lambda r: in_rollout(self.config.device_id, self.config.model, r.rollout),
             refused=self.memory.refused,
         )
-        verdict = machine.chosen(release)
-        if verdict is not None or release is None:
+        verdict = machine.chosen(choice.release if choice else None, recalled=choice.recalled if choice else None)
+        if verdict is not None or choice is None:
             self._settled_timestamp = timestamp
             return verdict  # type: ignore[return-value]
-        version = release.version
+        version = choice.release.version
+        installed = self._recall_from_held(updater, machine, choice) if choice.recalled is not None else None
+        if installed is None:
+            installed = self._stage(updater, machine, version)
+        machine.advance(State.STAGED)
+        verdict = self._activate(machine, installed, version)
+        if verdict.outcome == "installed":
+            self._settled_timestamp = timestamp
+        return verdict
+
+    def _stage(self, updater: Any, machine: UpdateMachine, version: int) -> Path:
+        """Download, verify and smoke-test ``version`` into a staging directory; publish it as ``versions/v<N>``."""
         staging = self.store.stage()
         try:
             self.report("downloading", target_version=version)
@@ -313,15 +343,54 @@ class ModelUpdater:
             self._smoke_test(staging, version)
             self.report("installing", target_version=version)
             with map_update_errors():
-                installed = self.store.commit(staging, version)
+                return self.store.commit(staging, version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        machine.advance(State.STAGED)
-        verdict = self._activate(machine, installed, version)
-        if verdict.outcome == "installed":
-            self._settled_timestamp = timestamp
-        return verdict
+
+    def _recall_from_held(self, updater: Any, machine: UpdateMachine, choice: Choice) -> Path | None:
+        """Start the recall ``choice``: the held copy of its target, verified and smoke-tested; None: download it.
+
+        Raises:
+            RecallImpossible: the target has no artifact for this device.
+            PolicyRefused: the target's signed lineage breaks this device's privacy policy.
+        """
+        assert choice.recalled is not None
+        version, recalled = choice.release.version, choice.recalled.version
+        self.report("recalling", target_version=version, recalled_version=recalled, reason=choice.reason)
+        if choice.problem is not None:
+            raise RecallImpossible(f"{self.config.model} {choice.problem}")
+        with map_update_errors():
+            held = self._verified_held(updater, version)
+        if held is None:
+            return None
+        machine.advance(State.VERIFYING)
+        self.report("smoke-test", target_version=version, reused=True)
+        self._smoke_test(held, version)
+        return held
+
+    def _verified_held(self, updater: Any, version: int) -> Path | None:
+        """This device's copy of ``version`` if its manifest is the signed one and its files match it; else None."""
+        directory = self.store.versions / f"v{version}"
+        if not directory.is_dir():
+            return None
+        info = self._manifest_info(updater, version)
+        try:
+            digest, size = file_digest(directory / "manifest.json")
+            if (digest, size) != (info.hashes.get("sha256"), info.length):
+                raise ModelError("its manifest.json is not the signed one")
+            manifest = load_manifest(directory)
+            self._admit(manifest, version)
+            artifact = manifest.artifacts.get(self.config.target)
+            if artifact is None:
+                raise ModelError(f"it has no {self.config.target} artifact")
+            verify_files(directory, [artifact, *([manifest.probe] if manifest.probe else [])])
+        except (ModelError, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("the held copy of v%s is unusable, downloading it: %s", version, reason)
+            self.report("held-copy-unusable", target_version=version, reason=reason)
+            return None
+        return directory
 
     def _timestamp_version(self) -> int | None:
         """The version of the signed timestamp the refresh just verified (python-tuf keeps it in the metadata dir)."""
@@ -353,23 +422,34 @@ class ModelUpdater:
         updater.download_target(info, str(path))
         return path
 
-    def _download(self, updater: Any, version: int, staging: Path) -> None:
+    def _manifest_info(self, updater: Any, version: int) -> Any:
+        """The signed target of ``version``'s manifest, checked to be signed for that release."""
         model = self.config.model
         prefix = f"{model}/{version}/"
         manifest_info = updater.get_targetinfo(prefix + "manifest.json")
         if manifest_info is None:
             raise ReleaseUnusable(f"the signed metadata has no {prefix}manifest.json")
         self._check_signed_for(manifest_info, prefix, model, version)
-        self._fetch(updater, manifest_info, staging / "manifest.json")
-        try:
-            manifest = load_manifest(staging)
-        except ModelError as exc:
-            raise ReleaseUnusable(f"the signed manifest of {model} v{version} is unusable: {exc}") from exc
+        return manifest_info
+
+    def _admit(self, manifest: Manifest, version: int) -> None:
+        """Refuse a manifest that is not the signed release's, or whose lineage this device's privacy policy refuses."""
+        model = self.config.model
         if manifest.name != model or manifest.version != version:
             said = f"{manifest.name} v{manifest.version}"
             raise ReleaseUnusable(f"the manifest says {said}, the signed release {model} v{version}")
         if (refusal := self.config.refusal(manifest.lineage)) is not None:  # before the artifact comes down
             raise PolicyRefused(f"{model} v{version} {refusal}")
+
+    def _download(self, updater: Any, version: int, staging: Path) -> None:
+        model = self.config.model
+        prefix = f"{model}/{version}/"
+        self._fetch(updater, self._manifest_info(updater, version), staging / "manifest.json")
+        try:
+            manifest = load_manifest(staging)
+        except ModelError as exc:
+            raise ReleaseUnusable(f"the signed manifest of {model} v{version} is unusable: {exc}") from exc
+        self._admit(manifest, version)
         artifact = manifest.artifacts.get(self.config.target)
         if artifact is None:
             raise ReleaseUnusable(f"{model} v{version} has no {self.config.target} artifact")

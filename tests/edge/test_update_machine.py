@@ -43,9 +43,11 @@ def at(state: State, version: int = 2) -> UpdateMachine:
 
 
 def choose(releases, installed=1, target="tflite", refused=()):
-    return choose_release(
+    """The release chosen (None: none), for the tests of upgrades; tests/ota/test_recall.py covers recalls."""
+    choice = choose_release(
         releases, installed=installed, target=target, channel="stable", admitted=lambda r: True, refused=refused
     )
+    return choice.release if choice is not None else None
 
 
 def test_the_newest_release_with_the_device_target_is_chosen_and_newer_ones_without_it_are_skipped():

@@ -190,6 +190,7 @@ def test_bad_telemetry_on_the_first_stage_aborts_with_the_reason_recorded_and_sh
         ("abort", 10),
     ]
     assert status["release"] == {**status["release"], "rollout": 10, "state": "aborted"}
+    assert status["release"]["recall"] == {"to": 1, "reason": reason}  # the abort is a signed recall to v1
     assert sorted(d for d, v in c.fleet.running.items() if v == 2) == device_ids()[:2]  # only the first stage took it
     table = _status_cli(c.server.url)
     assert reason in " ".join(table.split())

@@ -1,4 +1,4 @@
-"""The registry resource: upload versions, release them, steer releases, and see the fleet."""
+"""The registry resource: upload versions, release them, steer and recall releases, and see the fleet."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from typing import Annotated, Any, Literal
 import anyio.to_thread
 from fastapi import APIRouter, Body, Query, Request
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from sdk.cloud.deps import Admin, Authorized, RegistryDep, RolloutsDep, State
 from sdk.cloud.model_archive import unpack_model
 from sdk.cloud.registry import STALE_AFTER_S, Registry
+from sdk.cloud.repository import MAX_REASON_CHARS
 from sdk.cloud.routes.models import GUARDED, SLOW_BODY, read_body
 from sdk.cloud.schemas import ErrorBody
 from sdk.errors import Conflict
@@ -65,11 +66,27 @@ class ReleaseRequest(BaseModel):
     )
 
 
+Reason = Annotated[str, Field(max_length=MAX_REASON_CHARS, description="Why, kept in the signed recall.")]
+
+
 class ReleaseChange(BaseModel):
-    """Pause, resume or abort a release, or change its rollout."""
+    """Pause, resume or abort a release (an abort recalls it, with an optional reason), or change its rollout."""
 
     state: Literal["active", "paused", "aborted"] | None = None
     rollout: int | None = Field(None, ge=0, le=100)
+    reason: Reason | None = None
+
+    @model_validator(mode="after")
+    def _reason_goes_with_an_abort(self) -> ReleaseChange:
+        if self.reason is not None and self.state != "aborted":
+            raise ValueError('a reason goes with state "aborted" only')
+        return self
+
+
+class RecallRequest(BaseModel):
+    """Recall (abort) a release: its devices go back to the newest earlier release of its channel not aborted."""
+
+    reason: Reason
 
 
 @router.post(
@@ -145,8 +162,26 @@ async def change_release(
     change: Annotated[ReleaseChange, Body()],
     registry: RegistryDep,
 ) -> dict[str, Any]:
-    """Change the signed release state or rollout (admin key)."""
-    return registry.update_release(model, version, state=change.state, rollout=change.rollout)
+    """Change the signed release state or rollout (admin key); aborting recalls, as the recall route does."""
+    return await run_in_threadpool(
+        registry.update_release, model, version, state=change.state, rollout=change.rollout, reason=change.reason
+    )
+
+
+@router.post(
+    "/releases/{model}/{version}/recall",
+    dependencies=[Admin],
+    summary="Recall a release: its devices go back to the previous good release",
+    responses={**_CONFLICT, **_JSON_BODY},
+)
+async def recall_release(
+    model: Annotated[str, PathParam(min_length=1, max_length=_MAX_NAME)],
+    version: Annotated[int, PathParam(ge=0, le=_MAX_VERSION)],
+    request: Annotated[RecallRequest, Body()],
+    registry: RegistryDep,
+) -> dict[str, Any]:
+    """Abort the release and sign where its devices go back to, with the reason (admin key); 409 if aborted already."""
+    return await run_in_threadpool(registry.recall, model, version, reason=request.reason)
 
 
 @router.get("/releases", dependencies=[Authorized], summary="List releases")
