@@ -30,7 +30,7 @@ def demo(
     federation: Annotated[bool, typer.Option("--federation/--no-federation", help="Run the federation stage.")] = True,
     ota: Annotated[bool, typer.Option("--ota/--no-ota", help="Run the over-the-air release stage.")] = True,
 ) -> None:
-    """Train, export pruned + int8, run every artifact on the device, then fall back to cloud workers over MQTT."""
+    """Train, export, run on the device, fall back to the cloud, federate, then run the closed loop on four devices."""
     from federation.export import ExportConfig, export_model
     from federation.task import DigitsCNN, evaluate, load_split, set_seed, train
     from sdk.edge import EdgeConfig, EdgeRuntime

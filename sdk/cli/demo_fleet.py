@@ -39,7 +39,7 @@ from rich.table import Table
 from sdk.cli.console import console
 from sdk.cli.demo import _secured_broker, _stop_all, _wait_for_workers
 
-__all__ = ["FLEET", "DemoPace", "DeviceRun", "LoopRun", "badly_trained", "device_config", "ota_stage"]
+__all__ = ["FLEET", "PHASES", "DemoPace", "DeviceRun", "LoopRun", "badly_trained", "device_config", "ota_stage"]
 
 T = TypeVar("T")
 
@@ -258,20 +258,19 @@ def ota_stage(
         marks.append(_counts(logs))
         console.print("every device runs v1; the federation's candidate goes out staged (until i11-pipe: uploaded)")
 
-        client.upload(candidate_dir)
-        client.release(MODEL, candidate, staged=True)
-        candidate_rollout = wait.until(_rollout_ended(client, candidate), f"the rollout of v{candidate} ended")
-        fleet[PHASES[1]] = wait.until(lambda: on(candidate), f"every device on v{candidate}")
-        marks.append(_counts(logs))
-        _print_status(url, admin)
+        def staged(directory: Path, version: int, phase: str) -> dict[str, Any]:
+            """Upload and release ``version`` staged; its rollout's end, once every device runs the candidate."""
+            client.upload(directory)
+            client.release(MODEL, version, staged=True)
+            status = wait.until(_rollout_ended(client, version), f"the rollout of v{version} ended")
+            fleet[phase] = wait.until(lambda: on(candidate), f"every device on v{candidate} ({phase})")
+            marks.append(_counts(logs))
+            _print_status(url, admin)
+            return status
 
+        candidate_rollout = staged(candidate_dir, candidate, PHASES[1])
         console.print(f"an operator forces v{bad}, badly trained, past the gate: POST /v1/registry/releases staged")
-        client.upload(bad_dir)
-        client.release(MODEL, bad, staged=True)
-        bad_rollout = wait.until(_rollout_ended(client, bad), f"the rollout of v{bad} ended")
-        fleet[PHASES[2]] = wait.until(lambda: on(candidate), f"every device back on v{candidate} (recall)")
-        marks.append(_counts(logs))
-        _print_status(url, admin)
+        bad_rollout = staged(bad_dir, bad, PHASES[2])  # aborted and recalled: the fleet goes back to the candidate
         before = marks[-1]
         wait.until(lambda: all(n > before[d] for d, n in _counts(logs).items()), "one more answer on every device")
         _stop_all([processes.pop(d) for d in ids])  # systemctl stop: SIGTERM, the retained offline status
