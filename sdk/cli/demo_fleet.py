@@ -55,7 +55,7 @@ FLEET = (
 )
 MODEL = "digits"
 #: The stage's phases; each device's answers are counted per phase.
-PHASES = ("on v1", "candidate rollout", "abort + recall", "to the stop")
+PHASES = ("first release", "candidate rollout", "abort + recall", "to the stop")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +119,7 @@ class DeviceRun:
 class LoopRun:
     """The OTA stage's outcome: each rollout's final status, the fleet after each phase, and each device's answers."""
 
+    first: int
     candidate: int
     bad: int
     candidate_rollout: dict[str, Any]
@@ -184,7 +185,7 @@ def ota_stage(
     if not (examples / "raspberrypi" / "fedge.toml").is_file():
         raise FileNotFoundError(f"{examples} holds no device examples: run the demo from a checkout")
     shutil.rmtree(workdir, ignore_errors=True)
-    candidate, bad = load_manifest(candidate_dir).version, load_manifest(bad_dir).version
+    first, candidate, bad = (load_manifest(d).version for d in (release_dir, candidate_dir, bad_dir))
     ids = [device_id for device_id, _ in FLEET]
     admin = secrets.token_urlsafe(24)
     fleet: dict[str, dict[str, int | None]] = {}
@@ -223,8 +224,8 @@ def ota_stage(
 
         client = RegistryClient(url, admin)
         client.upload(release_dir)
-        client.release(MODEL, 1)
-        console.print(f"v1 released by the registry to the whole fleet; repository {url}/tuf")
+        client.release(MODEL, first)
+        console.print(f"v{first} released by the registry to the whole fleet; repository {url}/tuf")
         root_json = repo.metadata_dir / "1.root.json"
         logs = {}
         for i, (device_id, example) in enumerate(FLEET):
@@ -254,9 +255,9 @@ def ota_stage(
             running = _fleet(url, admin)
             return running if all(running.get(d) == version for d in ids) else None
 
-        fleet[PHASES[0]] = wait.until(lambda: on(1), "every device on v1")
+        fleet[PHASES[0]] = wait.until(lambda: on(first), f"every device on v{first}")
         marks.append(_counts(logs))
-        console.print("every device runs v1; the federation's candidate goes out staged (until i11-pipe: uploaded)")
+        console.print(f"every device runs v{first}; the federation's candidate v{candidate} goes out staged")
 
         def staged(directory: Path, version: int, phase: str) -> dict[str, Any]:
             """Upload and release ``version`` staged; its rollout's end, once every device runs the candidate."""
@@ -278,6 +279,7 @@ def ota_stage(
 
     runs = tuple(_device_run(device_id, example, logs[device_id], marks) for device_id, example in FLEET)
     result = LoopRun(
+        first=first,
         candidate=candidate,
         bad=bad,
         candidate_rollout=candidate_rollout,
@@ -413,7 +415,8 @@ def _print_table(run: LoopRun) -> None:
     from sdk.edge.rollout import bucket
 
     aborted = run.bad_rollout.get("reason", "")
-    table = Table(title=f"the loop on four devices: v1, v{run.candidate} staged, v{run.bad} forced, aborted, recalled")
+    title = f"the loop on four devices: v{run.first}, v{run.candidate} staged, v{run.bad} forced, aborted, recalled"
+    table = Table(title=title)
     for col in ("device", "target", "installed", "answers per phase", "from the cloud", "failed"):
         table.add_column(col, justify="left" if col in ("device", "target", "installed") else "right")
     for d in run.devices:
