@@ -417,21 +417,21 @@ def _print_table(run: LoopRun) -> None:
     aborted = run.bad_rollout.get("reason", "")
     title = f"the loop on four devices: v{run.first}, v{run.candidate} staged, v{run.bad} forced, aborted, recalled"
     table = Table(title=title)
-    for col in ("device", "target", "installed", "answers per phase", "from the cloud", "failed"):
+    for col in ("device", "target", "installed", "answers by phase", "by the cloud", "failed"):
         table.add_column(col, justify="left" if col in ("device", "target", "installed") else "right")
     for d in run.devices:
         table.add_row(
             d.device_id,
             d.target,
             " ".join(f"v{v}" for v in d.versions),
-            " / ".join(str(n) for n in d.per_phase),
+            "/".join(str(n) for n in d.per_phase),
             str(d.sources.get("cloud", 0)),
             str(d.errors),
         )
     console.print(table)
     connecting = sum(d.connecting for d in run.devices)
     console.print(
-        f"answers per phase: {' / '.join(PHASES)}; stage buckets: "
+        f"answers by phase: {' / '.join(PHASES)}; stage buckets: "
         + ", ".join(f"{d.device_id} {bucket(d.device_id, MODEL)}" for d in run.devices)
         + f"; {connecting} sample(s) came before a device's first answer (no model yet, broker not yet connected)",
         highlight=False,
