@@ -146,10 +146,9 @@ def print_report(report: dict[str, Any]) -> None:
 def print_releases(outcomes: list[dict[str, Any]]) -> None:
     """Print what the release pipeline did with each candidate: kinds, accuracies against the release, verdict."""
     table = Table(title="releases")
-    for col in ("version", "parent", "kind", "accuracy", "release", "verdict"):
-        table.add_column(col, justify="left" if col == "verdict" else "right")
+    for col in ("version", "parent", "kind", "accuracy", "release", "check"):
+        table.add_column(col, justify="right")
     for outcome in outcomes:
-        verdict = "released (staged)" if outcome["released"] else "refused"
         for i, check in enumerate(outcome["checks"]):
             table.add_row(
                 f"v{outcome['version']}" if i == 0 else "",
@@ -157,12 +156,12 @@ def print_releases(outcomes: list[dict[str, Any]]) -> None:
                 check["kind"],
                 "-" if check["accuracy"] is None else f"{check['accuracy']:.4f}",
                 "-" if check["release_accuracy"] is None else f"{check['release_accuracy']:.4f}",
-                verdict if check["accepted"] else f"{verdict}: {check['reason']}",
+                "ok" if check["accepted"] else "refused",
             )
     console.print(table)
     for outcome in outcomes:
-        if outcome.get("error"):
-            console.print(f"v{outcome['version']} not released: {outcome['error']}", markup=False, highlight=False)
+        verdict = "released, staged rollout started" if outcome["released"] else f"not released: {outcome['reason']}"
+        console.print(f"v{outcome['version']} {verdict}", markup=False, highlight=False)
 
 
 @edge_app.command()
