@@ -182,18 +182,6 @@ def cloud(tmp_path_factory, model_dir, module_broker):
     registry.close()
 
 
-@pytest.fixture(scope="module")
-def admin_link():
-    """A simulation SuperLink whose ServerApp process holds the registry's keys (FEDGE_ADMIN_KEY, FEDGE_API_KEY)."""
-    from federation.runner import SuperLink
-
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FEDGE_ADMIN_KEY", ADMIN)
-        env.setenv("FEDGE_API_KEY", READER)
-        with SuperLink(simulation=True) as running:
-            yield running
-
-
 def federate(link, cloud, versions: Path, **values) -> dict:
     from federation.runner import run_app
 
