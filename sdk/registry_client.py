@@ -78,11 +78,6 @@ class RegistryClient:
         """Every device's last report (model, target, running version, status), as the registry's fleet view has it."""
         return call("GET", f"{self.url}/v1/registry/fleet", key=self.read_key, timeout_s=self.timeout_s)
 
-    def release(self, model: str, version: int, *, channel: str = "stable", staged: bool = True) -> dict[str, Any]:
-        """Sign ``version`` into the release repository; ``staged``: the rollout starts at the policy's first stage."""
-        body = {"model": model, "version": version, "channel": channel, "staged": staged}
-        return call("POST", f"{self.url}/v1/registry/releases", key=self.key, timeout_s=self.timeout_s, json=body)
-
     def upload(self, model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         """Register a model directory as the version its manifest names; Conflict when that number is taken."""
         directory = Path(model_dir)
