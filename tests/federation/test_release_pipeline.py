@@ -221,6 +221,8 @@ def test_release_alone_gives_a_signed_release_of_every_kind_with_its_whole_linea
     assert report["refusals"] == []
     assert (candidate["version"], outcome["parent_version"]) == (2, 1)
     assert [r["version"] for r in cloud.client.releases("digits")] == [2, 1]
+    rollout = cloud.client.rollout_status("digits")
+    assert (rollout["version"], rollout["baseline"], rollout["stage"]) == (2, 1, 0)  # staged: at its first stage
 
     (signed,) = [r for r in repo_index(cloud.repo) if r["version"] == 2]
     assert signed["targets"] == sorted(ARTIFACT_KINDS)  # int8 LiteRT included, with no flag for it
