@@ -4,8 +4,9 @@ Per round: sample clients, train on their data, aggregate (SecAgg+ when the priv
 asks: the server only sees the masked sum), add DP noise (client-side clipping, noise on
 the aggregate, epsilon from the RDP accountant), validate the global model on the held-out
 validation split, and export it as a candidate version when the gate accepts it (never at
-chance level, never below the floor or the current release); a refusal is recorded with its
-reason in the report's ``refusals``.
+chance level, never below the floor or the current release); with ``release``, the release
+pipeline exports, checks, registers and releases it. A refusal is recorded with its reason in
+the report's ``refusals``.
 The run config is validated before any node is contacted.
 """
 
@@ -25,12 +26,13 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from federation.accountant import PrivacyAccountant
 from federation.gate import ValidationGate, chance_floor
+from federation.release_pipeline import ReleasePipeline
 from federation.settings import FederationSettings
 from federation.strategy import FedgeStrategy, build_strategy
 from federation.task import LABELS, DigitsCNN, Split, evaluate, get_weights, load_split, set_seed, set_weights
 from federation.versions import VersionStore, split_key
 from federation.workflow import fit_with_timeout
-from sdk.errors import ExportError, GateRefused, RegistryError
+from sdk.errors import ExportError, GateRefused, RegistryError, ReleaseRefused
 from sdk.registry_client import RegistryClient
 
 __all__ = ["app", "run_federation"]
@@ -61,6 +63,7 @@ def run_federation(grid: Grid, context: Context, settings: FederationSettings) -
     store = _version_store(settings)
     validation = split_key(settings.seed, len(split.y_val))
     gate = _gate(settings, split, store, validation)
+    pipeline = ReleasePipeline.from_settings(settings, store, split) if settings.release and store else None
     candidates: list[dict[str, Any]] = []
     refusals: list[dict[str, Any]] = []
     report: dict[str, Any] = {"run_id": context.run_id, "settings": settings.to_run_config(), "gate_floor": gate.floor}
@@ -92,7 +95,11 @@ def run_federation(grid: Grid, context: Context, settings: FederationSettings) -
             "gate": decision.as_record(),
         }
         try:
-            stored = store.export(model, split, lineage, tflite=settings.export_tflite)
+            if pipeline is not None:
+                outcome = pipeline.release(model, lineage)
+                stored = outcome.stored
+            else:
+                outcome, stored = None, store.export(model, split, lineage, tflite=settings.export_tflite)
         except (ExportError, RegistryError) as exc:
             log.warning("round %d model not kept: %s", server_round, exc)
             gate.withdraw(decision)
@@ -108,8 +115,13 @@ def run_federation(grid: Grid, context: Context, settings: FederationSettings) -
                 "directory": str(stored.directory),
                 "registered": None if store.registry is None else stored.registry_error is None,
                 **({"registry_error": stored.registry_error} if stored.registry_error else {}),
+                **({"release": outcome.as_record()} if outcome else {}),
             }
         )
+        if outcome is not None and not outcome.released:  # registered, never released: the gate's bar goes back
+            gate.withdraw(decision)
+            refused = {"accepted": False, "reason": outcome.reason, "error": ReleaseRefused.__name__}
+            refusals.append({**decision.as_record(), **refused})
         return loss, metrics
 
     strategy = FedgeStrategy(

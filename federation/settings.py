@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from sdk.config import check, from_mapping
+from sdk.manifest import ARTIFACT_KINDS
 
 __all__ = ["PRIVACY_MODES", "ROBUST_MODES", "STRATEGIES", "FederationSettings", "Privacy", "Robust", "Strategy"]
 
@@ -57,6 +58,9 @@ class FederationSettings:
     registry_url: str = ""
     model_name: str = "digits"
     export_tflite: bool = False
+    release: bool = False
+    release_targets: str = "onnx-fp32,onnx-int8,tflite"
+    export_config: str = ""
     attack: Attack = "none"
     attack_partition: int = -1
     audit_dir: str = ""
@@ -94,6 +98,13 @@ class FederationSettings:
             "must be the http:// or https:// address of the cloud service",
         )
         check(not self.registry_url or bool(self.versions_dir), "registry-url", "needs versions-dir")
+        check(not self.release or bool(self.registry_url), "release", "needs registry-url: the registry signs releases")
+        unknown = [k for k in self.release_kinds if k not in ARTIFACT_KINDS]
+        check(
+            bool(self.release_kinds) and not unknown,
+            "release-targets",
+            f"must list artifact kinds among {', '.join(ARTIFACT_KINDS)}, got {self.release_targets!r}",
+        )
         check(-1 <= self.attack_partition < self.num_clients, "attack-partition", "must be -1 or a partition id")
         if self.secure_aggregation:
             check(
@@ -120,6 +131,11 @@ class FederationSettings:
         return self.privacy in ("dp", "secagg+dp")
 
     @property
+    def release_kinds(self) -> tuple[str, ...]:
+        """The artifact kinds every release carries, besides those the fleet runs (``release-targets``)."""
+        return tuple(k.strip() for k in self.release_targets.split(",") if k.strip())
+
+    @property
     def sample_rate(self) -> float:
         """Fraction of clients sampled per round (the accountant's ``q``)."""
         return self.clients_per_round / self.num_clients
@@ -128,8 +144,9 @@ class FederationSettings:
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationSettings:
         """Parse Flower's run config (dashed keys); raise ConfigError naming the key."""
         values = {str(k).replace("-", "_"): v for k, v in run_config.items()}
-        if isinstance(values.get("export_tflite"), str):
-            values["export_tflite"] = values["export_tflite"].lower() in ("1", "true", "yes")
+        for flag in ("export_tflite", "release"):
+            if isinstance(values.get(flag), str):
+                values[flag] = values[flag].lower() in ("1", "true", "yes")
         return from_mapping(cls, values, section="run-config")
 
     def to_run_config(self) -> dict[str, Any]:

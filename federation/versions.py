@@ -9,13 +9,14 @@ at once; a number another uploader took in the meantime (409) moves it to the ne
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,22 @@ class VersionStore:
         registered = self.registry.latest_version(self.model_name) if self.registry is not None else 0
         return max(local, registered) + 1
 
+    def current_release(self) -> dict[str, Any] | None:
+        """The registry's newest release not aborted (its version, lineage, artifacts); None without one."""
+        if self.registry is None:
+            return None
+        standing = {int(r["version"]) for r in self.registry.releases(self.model_name) if r.get("state") != "aborted"}
+        found = [v for v in self.registry.versions(self.model_name) if int(v["version"]) in standing]
+        return max(found, key=lambda v: int(v["version"]), default=None)
+
     def release_accuracy(self, split: Mapping[str, int]) -> float | None:
         """The validation accuracy, on ``split``, of the current release (the registry's) or the best version here.
 
         Only lineages that name the same validation split count; None when there is none.
         """
         if self.registry is not None:
-            released = [v for v in self.registry.versions(self.model_name) if v.get("released")]
-            lineages = [max(released, key=lambda v: int(v["version"]))["lineage"]] if released else []
+            current = self.current_release()
+            lineages = [current["lineage"]] if current else []
         else:
             lineages = [dict(m.lineage) for m in self.manifests()]
         values = [
@@ -111,23 +120,43 @@ class VersionStore:
         lineage: Mapping[str, Any],
         *,
         tflite: bool = False,
+        config: ExportConfig | None = None,
     ) -> StoredVersion:
         """Export ``model`` through the pipeline (its accuracy gate applies), number it, and register it.
+
+        ``config`` (default: int8 ONNX, and int8 LiteRT with ``tflite``) says what the export produces.
 
         Raises:
             ExportError: the pipeline refused the model; nothing is kept.
             Conflict: every number tried was taken meanwhile; nothing is kept.
         """
+        config = config or ExportConfig(tflite="int8" if tflite else "off")
+        with self.staged(model, split, lineage, config) as (directory, manifest):
+            return self.keep(directory, manifest)
+
+    @contextlib.contextmanager
+    def staged(
+        self, model: nn.Module, split: Split, lineage: Mapping[str, Any], config: ExportConfig
+    ) -> Iterator[tuple[Path, Manifest]]:
+        """Export ``model`` into a staging directory, not yet numbered; whatever :meth:`keep` did not take goes.
+
+        Raises:
+            ExportError: the pipeline refused the model; nothing is kept.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{self.model_name}-export-"))
         try:
-            config = ExportConfig(name=self.model_name, version=0, tflite="int8" if tflite else "off")
-            manifest = export_model(model, staging / "model", split, config, lineage=lineage)
-            return self._number(staging / "model", manifest)
+            config = dataclasses.replace(config, name=self.model_name, version=0)
+            yield staging / "model", export_model(model, staging / "model", split, config, lineage=lineage)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _number(self, directory: Path, manifest: Manifest) -> StoredVersion:
+    def keep(self, directory: Path, manifest: Manifest) -> StoredVersion:
+        """Number a staged ``directory`` (``manifest`` is written with the number) and register it.
+
+        Raises:
+            Conflict: every number tried was taken meanwhile; the directory stays staged.
+        """
         for _ in range(NUMBER_ATTEMPTS):
             manifest = dataclasses.replace(manifest, version=self.next_version())
             manifest.write(directory)

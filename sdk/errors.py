@@ -42,7 +42,8 @@ FedgeError
 │   │   └── PatchUnusable       a binary patch does not rebuild the signed artifact (the full file is fetched)
 │   └── SmokeTestFailed         the new model did not load or failed its probe
 ├── PrivacyBudgetExhausted      the differential-privacy budget is spent
-└── GateRefused                 a round's model is at chance level, below the floor, or below the release
+├── GateRefused                 a round's model is at chance level, below the floor, or below the release
+└── ReleaseRefused              a candidate lacks an artifact kind the fleet runs, or one is below the release's
 ```
 
 Misuse of the API (calling a closed runtime, a negative argument) raises the
@@ -87,6 +88,7 @@ __all__ = [
     "RecallImpossible",
     "RegistryError",
     "RegistryRefused",
+    "ReleaseRefused",
     "ReleaseUnusable",
     "RemoteError",
     "RepositoryUnreachable",
@@ -286,3 +288,7 @@ class PrivacyBudgetExhausted(FedgeError):
 
 class GateRefused(FedgeError):
     """A round's model is at chance level, below the configured floor, or below the current release."""
+
+
+class ReleaseRefused(FedgeError):
+    """A candidate lacks an artifact kind the fleet runs, or an artifact is below the current release's accuracy."""

@@ -69,6 +69,15 @@ class RegistryClient:
         """The highest version number registered for ``model`` (0 when none)."""
         return max((int(v["version"]) for v in self.versions(model)), default=0)
 
+    def releases(self, model: str) -> list[dict[str, Any]]:
+        """Every release of ``model`` (version, channel, rollout, state), newest first."""
+        url = f"{self.url}/v1/registry/releases"
+        return call("GET", url, key=self.read_key, timeout_s=self.timeout_s, params={"model": model})
+
+    def fleet(self) -> list[dict[str, Any]]:
+        """Every device's last report (model, target, running version, status), as the registry's fleet view has it."""
+        return call("GET", f"{self.url}/v1/registry/fleet", key=self.read_key, timeout_s=self.timeout_s)
+
     def upload(self, model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         """Register a model directory as the version its manifest names; Conflict when that number is taken."""
         directory = Path(model_dir)

@@ -36,6 +36,13 @@ def federate(
         str | None,
         typer.Option(help="The cloud service whose registry numbers and keeps the versions (key: FEDGE_ADMIN_KEY)."),
     ] = None,
+    release: Annotated[
+        bool,
+        typer.Option(
+            "--release",
+            help="Release each accepted version: export the fleet's kinds, check, sign, roll out in stages.",
+        ),
+    ] = False,
     superlink: Annotated[str | None, typer.Option(help="HOST:PORT of the SuperLink (deployment engine).")] = None,
     run_config: Annotated[str | None, typer.Option(help="More run-config overrides: 'key=value key=value'.")] = None,
     timeout: Annotated[float, typer.Option(help="Give up on the run after this many seconds.")] = 1800.0,
@@ -50,6 +57,8 @@ def federate(
 
     if engine not in ("simulation", "deployment"):
         raise typer.BadParameter("must be simulation or deployment", param_hint="--engine")
+    if release and not registry_url:
+        raise typer.BadParameter("--release needs --registry-url: the registry signs releases", param_hint="--release")
     if engine == "deployment" and not superlink:
         raise typer.BadParameter("the deployment engine needs --superlink HOST:PORT", param_hint="--superlink")
     values: dict[str, Any] = {
@@ -67,6 +76,7 @@ def federate(
         "epsilon-budget": epsilon_budget,
         "versions-dir": str(versions_dir.resolve()) if versions_dir else None,
         "registry-url": registry_url,
+        "release": release or None,
     }
     values.update({k: v for k, v in optional.items() if v is not None})
     if run_config:
@@ -125,9 +135,33 @@ def print_report(report: dict[str, Any]) -> None:
     for candidate in report["candidates"]:
         if candidate.get("registry_error"):
             console.print(f"v{candidate['version']} not registered: {candidate['registry_error']}", markup=False)
+    released = [c["release"] for c in report["candidates"] if "release" in c]
+    if released:
+        print_releases(released)
     console.print(f"final global model: test accuracy {report['test_accuracy']:.4f}")
     if report.get("stopped"):
         console.print(f"[bold yellow]{report['stopped']}[/]")
+
+
+def print_releases(outcomes: list[dict[str, Any]]) -> None:
+    """Print what the release pipeline did with each candidate: kinds, accuracies against the release, verdict."""
+    table = Table(title="releases")
+    for col in ("version", "parent", "kind", "accuracy", "release", "check"):
+        table.add_column(col, justify="right")
+    for outcome in outcomes:
+        for i, check in enumerate(outcome["checks"]):
+            table.add_row(
+                f"v{outcome['version']}" if i == 0 else "",
+                ("-" if outcome["parent_version"] is None else f"v{outcome['parent_version']}") if i == 0 else "",
+                check["kind"],
+                "-" if check["accuracy"] is None else f"{check['accuracy']:.4f}",
+                "-" if check["release_accuracy"] is None else f"{check['release_accuracy']:.4f}",
+                "ok" if check["accepted"] else "refused",
+            )
+    console.print(table)
+    for outcome in outcomes:
+        verdict = "released, staged rollout started" if outcome["released"] else f"not released: {outcome['reason']}"
+        console.print(f"v{outcome['version']} {verdict}", markup=False, highlight=False)
 
 
 @edge_app.command()

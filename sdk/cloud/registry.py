@@ -463,6 +463,7 @@ class Registry:
                     {
                         "device_id": d.id,
                         "model": d.model,
+                        "target": d.target,
                         "running_version": d.running_version,
                         "status": d.status,
                         "stale": d.status != "offline" and (now - seen).total_seconds() > stale_after_s,

@@ -222,6 +222,7 @@ class ModelUpdater:
         event = {
             "device_id": self.config.device_id,
             "model": self.config.model,
+            "target": self.config.target,  # the fleet view's artifact kind: what a release must carry for this device
             "version": self.installed_version,
             "step": step,
             "time": time.time(),

@@ -97,16 +97,6 @@ def test_a_number_taken_while_exporting_moves_to_the_next(registry, tmp_path, di
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["digits-v3"]
 
 
-@pytest.fixture(scope="module")
-def admin_link():
-    """A simulation SuperLink whose ServerApp process holds the registry's keys (FEDGE_ADMIN_KEY, FEDGE_API_KEY)."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FEDGE_ADMIN_KEY", ADMIN)
-        env.setenv("FEDGE_API_KEY", READER)
-        with SuperLink(simulation=True) as running:
-            yield running
-
-
 def federate(link: SuperLink, versions: Path, registry: RegistryClient, **values) -> dict:
     common = {"num-clients": 2, "clients-per-round": 2, "versions-dir": str(versions), "registry-url": registry.url}
     settings = FederationSettings.from_run_config({**common, **values})

@@ -197,7 +197,7 @@ async def fleet(
         STALE_AFTER_S
     ),
 ) -> list[dict[str, Any]]:
-    """Device id, model, running version, status (online/offline), stale, last step, last refusal, last seen (UTC)."""
+    """Device id, model, target (artifact kind), running version, status, stale, last step and refusal, last seen."""
     return registry.fleet(stale_after_s=stale_after_s)
 
 
