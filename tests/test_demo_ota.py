@@ -47,7 +47,7 @@ def test_the_loop_widens_a_good_release_aborts_and_recalls_a_bad_one_while_every
     for device in run.devices:
         # The first stage ran the bad version until the recall; the others never took it.
         assert device.versions == ((1, 2, 3, 2) if device.device_id in first_stage else (1, 2)), device
-        assert device.errors == 0, device
+        assert device.errors == 0, device  # from its first install on, every sample answered
         assert all(n > 0 for n in device.per_phase), device  # answers in every phase, through every swap
-        assert sum(device.per_phase) == device.answers + device.connecting  # every sample counted once
+        assert sum(device.per_phase) == device.answers + device.errors + device.before_install  # each sample once
     assert {(d.example, d.target) for d in run.devices} == {("raspberrypi", "tflite"), ("jetson", "onnx-fp32")}
