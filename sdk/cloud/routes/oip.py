@@ -21,7 +21,7 @@ from sdk.cloud.inference import InferenceService
 from sdk.cloud.routes.models import counted, read_body
 from sdk.errors import UnknownModel
 
-__all__ = ["REQUEST_SCHEMAS", "open_router", "router"]
+__all__ = ["REQUEST_SCHEMAS", "SERVER_NAME", "SERVER_VERSION", "open_router", "router"]
 
 _TAG = "open inference protocol"
 #: The server's name in its metadata.
