@@ -21,16 +21,17 @@ from starlette.exceptions import HTTPException
 
 from sdk.cloud.body_timeout import BodyTimeout
 from sdk.cloud.config import CloudConfig
-from sdk.cloud.deps import AppState
+from sdk.cloud.deps import API_KEY_HEADER, AppState, api_key_accepted
 from sdk.cloud.error_boundary import ErrorBoundary
 from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import ServiceMetrics
+from sdk.cloud.oip_codec import PREFIX, speaks_oip
 from sdk.cloud.registry import Registry
 from sdk.cloud.rollout_store import RolloutStore
-from sdk.cloud.routes import models, ops
+from sdk.cloud.routes import models, oip, ops
 from sdk.cloud.routes import registry as registry_routes
-from sdk.cloud.schemas import error_response
-from sdk.errors import FedgeError
+from sdk.cloud.schemas import error_response_for
+from sdk.errors import FedgeError, Unauthorized
 from sdk.outcomes import code_for_status, error_code_for, http_status_for
 
 __all__ = ["create_app"]
@@ -57,7 +58,9 @@ def create_app(
         version="1",
         description=(
             "Cloud fallback for Fedge devices: the same models and the same dynamic batcher as the MQTT workers. "
-            'Errors have the body `{"error": {"code", "message"}}` with the wire format\'s codes.'
+            'Errors have the body `{"error": {"code", "message"}}` with the wire format\'s codes. '
+            "Under `/v2` it speaks the Open Inference Protocol (KServe v2, Triton HTTP), "
+            'whose errors have the body `{"error": "<message>"}`.'
         ),
     )
     config = config or CloudConfig()
@@ -70,6 +73,8 @@ def create_app(
     app.include_router(models.router, responses=models.UNEXPECTED)
     app.include_router(ops.router, responses=models.UNEXPECTED)
     app.include_router(registry_routes.router, responses=models.UNEXPECTED)
+    app.include_router(oip.open_router, responses=models.UNEXPECTED)
+    app.include_router(oip.router, responses=models.UNEXPECTED)
     app.add_middleware(BodyTimeout, timeout_s=config.body_timeout_s)
     app.add_middleware(ErrorBoundary)  # added last: outside the body timeout, so it sees what that lets through
     if repository_dir is not None:
@@ -79,30 +84,47 @@ def create_app(
     async def fedge_error(request: Request, exc: FedgeError) -> JSONResponse:
         status = 415 if isinstance(exc, models.UnsupportedMediaType) else http_status_for(exc)
         headers = {"Retry-After": "1"} if status == 503 else None
-        return error_response(status, error_code_for(exc), str(exc), headers)
+        return error_response_for(request.url.path, status, error_code_for(exc), str(exc), headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        path = request.url.path
+        no_route = exc.status_code in (404, 405) and _guarded(path)
+        # No route matched, so no route's key check ran: the key first, then whether the route exists.
+        if no_route and not api_key_accepted(config, request.headers.get(API_KEY_HEADER)):
+            return await fedge_error(request, Unauthorized(f"missing or invalid {API_KEY_HEADER} header"))
         code = code_for_status(exc.status_code)
         headers = exc.headers
+        message = str(exc.detail)
+        if no_route and exc.status_code == 404:  # an unknown route, not an unknown model
+            code, message = "bad_request", f"no route {request.method} {path}"
         if exc.status_code == 405:  # the router's Allow names one route on the path, not every one
-            allow = _allowed_methods(app.openapi()["paths"], request.url.path)
+            allow = _allowed_methods(app.openapi()["paths"], path)
             headers = {**(headers or {}), "Allow": allow or (headers or {}).get("Allow", "")}
-        return error_response(exc.status_code, code, str(exc.detail), headers)
+        return error_response_for(path, exc.status_code, code, message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "bad_request", "; ".join(str(e.get("msg")) for e in exc.errors()[:5]))
+        message = "; ".join(str(e.get("msg")) for e in exc.errors()[:5])
+        return error_response_for(request.url.path, 422, "bad_request", message)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(models.REQUEST_SCHEMAS)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(models.REQUEST_SCHEMAS)
+            components.update(oip.REQUEST_SCHEMAS)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
     return app
+
+
+def _guarded(path: str) -> bool:
+    """Whether ``path`` is under the prefixes whose routes want an API key (the protocol's health is open)."""
+    under_v1 = path == "/v1" or path.startswith("/v1/")
+    return under_v1 or (speaks_oip(path) and not path.startswith(f"{PREFIX}/health/"))
 
 
 def _allowed_methods(paths: Mapping[str, Mapping[str, Any]], path: str) -> str:

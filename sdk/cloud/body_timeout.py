@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sdk.cloud.schemas import error_response
+from sdk.cloud.schemas import error_response_for
 
 __all__ = ["BodyTimedOut", "BodyTimeout"]
 
@@ -78,4 +78,5 @@ class BodyTimeout:
                 raise  # once the body timed out, whatever the app raised follows from it
         if timed_out and not started:
             message = f"the request body did not arrive within {self.timeout_s:g} s"
-            await error_response(408, "bad_request", message, {"Connection": "close"})(scope, receive, send)
+            answer = error_response_for(scope["path"], 408, "bad_request", message, {"Connection": "close"})
+            await answer(scope, receive, send)

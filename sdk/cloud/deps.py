@@ -21,9 +21,24 @@ from sdk.cloud.registry import Registry
 from sdk.cloud.rollout_store import RolloutStore
 from sdk.errors import NotFound, Unauthorized, UnknownModel
 
-__all__ = ["Admin", "AppState", "Authorized", "RegistryDep", "RolloutsDep", "ServiceFor", "State", "get_state"]
+__all__ = [
+    "API_KEY_HEADER",
+    "Admin",
+    "AppState",
+    "Authorized",
+    "RegistryDep",
+    "RolloutsDep",
+    "ServiceFor",
+    "State",
+    "api_key_accepted",
+    "get_state",
+    "service_for",
+]
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of the configured API keys.")
+#: The header that carries the API key, on every route that wants one.
+API_KEY_HEADER = "X-API-Key"
+
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="One of the configured API keys.")
 
 
 @dataclass(frozen=True)
@@ -45,11 +60,16 @@ async def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
+def api_key_accepted(config: CloudConfig, key: str | None) -> bool:
+    """Whether ``key`` opens the routes guarded by ``api_keys`` (any key does when none is configured)."""
+    keys = config.api_keys
+    # compare_digest against every key: the time taken does not say which key nearly matched
+    return not keys or any(hmac.compare_digest((key or "").encode(), k.encode()) for k in keys)
+
+
 async def require_api_key(state: State, key: Annotated[str | None, Security(_api_key_header)]) -> None:
     """Let the request through when no keys are configured or it carries one of them."""
-    keys = state.config.api_keys
-    # compare_digest against every key: the time taken does not say which key nearly matched
-    if keys and not any(hmac.compare_digest((key or "").encode(), k.encode()) for k in keys):
+    if not api_key_accepted(state.config, key):
         raise Unauthorized("missing or invalid X-API-Key header")
 
 

@@ -12,7 +12,7 @@ import logging
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sdk.cloud.schemas import error_response
+from sdk.cloud.schemas import error_response_for
 
 __all__ = ["ErrorBoundary"]
 
@@ -46,4 +46,5 @@ class ErrorBoundary:
             log.exception("%s %s failed", scope["method"], scope["path"])
             if not started:
                 message = "internal error; the server log has the details"
-                await error_response(500, "internal", message, {"Connection": "close"})(scope, receive, send)
+                answer = error_response_for(scope["path"], 500, "internal", message, {"Connection": "close"})
+                await answer(scope, receive, send)

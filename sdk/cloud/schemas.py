@@ -8,6 +8,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 from typing_extensions import TypeAliasType
 
+from sdk.cloud import oip_codec
+
 __all__ = [
     "TENSOR_MEDIA_TYPE",
     "ErrorBody",
@@ -18,6 +20,7 @@ __all__ = [
     "PredictResponse",
     "TensorInfo",
     "error_response",
+    "error_response_for",
 ]
 
 #: Media type of a binary body: the wire format of :mod:`sdk.wire`, as on MQTT.
@@ -87,3 +90,18 @@ class ErrorBody(BaseModel):
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """An error answer with the uniform body ``{"error": {"code", "message"}}``."""
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def error_response_for(
+    path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error answer in the body of the protocol ``path`` speaks.
+
+    Under the Open Inference Protocol's prefix: ``{"error": message}``, and 400 where ``/v1`` answers 422
+    (the protocol has one status for a bad request); elsewhere the uniform body of :func:`error_response`.
+    """
+    if oip_codec.speaks_oip(path):
+        return JSONResponse(
+            oip_codec.error_body(message), status_code=400 if status == 422 else status, headers=headers
+        )
+    return error_response(status, code, message, headers)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -13,13 +15,13 @@ from starlette.requests import ClientDisconnect
 
 from sdk import wire
 from sdk.cloud.body_timeout import BodyTimedOut
-from sdk.cloud.deps import Authorized, ServiceFor, State
+from sdk.cloud.deps import AppState, Authorized, ServiceFor, State
 from sdk.cloud.schemas import TENSOR_MEDIA_TYPE, ErrorBody, ModelInfo, PredictRequest, PredictResponse, TensorInfo
 from sdk.confidence import confidences
 from sdk.errors import InvalidInput, PayloadTooLarge, WireFormatError
 from sdk.outcomes import error_code_for
 
-__all__ = ["GUARDED", "REQUEST_SCHEMAS", "UNEXPECTED", "UnsupportedMediaType", "read_body", "router"]
+__all__ = ["GUARDED", "REQUEST_SCHEMAS", "UNEXPECTED", "UnsupportedMediaType", "counted", "read_body", "router"]
 
 #: The answer of every route an API key guards, when the key is missing or wrong.
 GUARDED = {401: {"model": ErrorBody, "description": "Missing or invalid X-API-Key (when keys are configured)."}}
@@ -95,9 +97,7 @@ async def predict(name: str, request: Request, service: ServiceFor, state: State
     A JSON body gets a JSON answer; a body in the tensor wire format (the MQTT payload,
     Content-Type ``application/x-fedge-tensor``) gets a wire-format reply.
     """
-    start = time.perf_counter()
-    outcome = "internal"
-    try:
+    with counted(state, name, "http"):
         body = await read_body(request, state.config.max_body_bytes)
         media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if media == TENSOR_MEDIA_TYPE:
@@ -114,19 +114,6 @@ async def predict(name: str, request: Request, service: ServiceFor, state: State
             x, deadline_s=None if deadline_ms is None else deadline_ms / 1000.0, priority=priority
         )
         outputs = await asyncio.wrap_future(future)
-        outcome = "ok"
-    except ClientDisconnect:
-        outcome = "disconnected"  # not an error of ours; the error boundary lets it go quietly
-        raise
-    except BodyTimedOut:
-        outcome = "body_timeout"
-        raise
-    except Exception as exc:
-        outcome = error_code_for(exc)
-        raise
-    finally:
-        state.metrics.requests.inc(transport="http", model=name, outcome=outcome)
-        state.metrics.latency.observe(time.perf_counter() - start, transport="http", model=name)
     version = service.manifest.version
     if media == TENSOR_MEDIA_TYPE:
         answer = wire.reply(message, outputs[0] if single else outputs, model_version=version, source="cloud:http")
@@ -141,6 +128,28 @@ async def predict(name: str, request: Request, service: ServiceFor, state: State
         "confidences": probs[np.arange(len(labels)), labels].tolist(),
     }
     return Response(json.dumps(body_out), media_type="application/json")
+
+
+@contextmanager
+def counted(state: AppState, model: str, transport: str) -> Iterator[None]:
+    """Count the request the block answers, by its outcome, and time it."""
+    start = time.perf_counter()
+    outcome = "internal"
+    try:
+        yield
+        outcome = "ok"
+    except ClientDisconnect:
+        outcome = "disconnected"  # not an error of ours; the error boundary lets it go quietly
+        raise
+    except BodyTimedOut:
+        outcome = "body_timeout"
+        raise
+    except Exception as exc:
+        outcome = error_code_for(exc)
+        raise
+    finally:
+        state.metrics.requests.inc(transport=transport, model=model, outcome=outcome)
+        state.metrics.latency.observe(time.perf_counter() - start, transport=transport, model=model)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
