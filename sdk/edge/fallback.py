@@ -14,15 +14,20 @@ Without a local model every mode but ``edge-only`` asks the cloud and raises whe
 Decisions only, as in tenacity's ``Retrying.iter``: :func:`decide` reads what a :class:`Call`
 has seen so far and the time spent, and names the next action; the driver
 (:class:`~sdk.edge.runtime.EdgeRuntime`) carries it out, records the outcome on the call and
-asks again, until the answer is :class:`AnswerLocal`, :class:`AnswerCloud`, :class:`Merge`,
-:class:`Degrade` or :class:`Fail`::
+asks again, until a final action (an answer, or :class:`Fail`)::
 
-    RunLocal -> (AnswerLocal | AskCloud | Fail)      AskCloud -> (AnswerCloud | Merge | Degrade | RunLocal | Fail)
+    edge-only     RunLocal -> AnswerLocal | Fail
+    edge-first    RunLocal -> AnswerLocal | AskCloud(low rows) -> Merge | Degrade(low rows)
+                           -> (engine failed) AskCloud(all) -> AnswerCloud | Fail
+    cloud-first   AskCloud(all) -> AnswerCloud | RunLocal -> Degrade(all) | Fail
+    cloud-only    AskCloud(all) -> AnswerCloud | Fail
+    no local      AskCloud(all) -> AnswerCloud | Fail          (edge-only: Fail)
 
-No I/O and no clock here: the driver passes the time spent. A cloud the decision does not
-ask (an open breaker, no time left) counts as a cloud that failed with the error the cloud
-client would have raised; the client itself still has the last word at send time (a probe in
-half-open, a lost connection).
+No I/O and no clock here: the driver passes the time spent. A cloud the decision may not ask
+(an open breaker, no time left) is skipped and counts as a cloud that failed with the error its
+client would have raised at once; the client still has the last word at send time (one probe
+in half-open, a lost connection). New inputs of the policy (rows outside the manifest's value
+range, say) belong on :class:`Call`; the confidence the driver records is the one to calibrate.
 """
 
 from __future__ import annotations
