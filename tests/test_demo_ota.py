@@ -2,9 +2,10 @@
 
 A secured Mosquitto, ``fedge cloud serve`` with the registry, the release service and the rollout
 controller, a ``fedge cloud worker``, and four ``fedge edge run`` devices from the shipped examples
-(two LiteRT, two ONNX Runtime). The candidate stands in for the federation's (the release's weights
-as a new version: the federation itself has its own tests); the bad version is a real export of a
-model trained one epoch on 40 images.
+(two LiteRT, two ONNX Runtime). The candidate stands in for the federation's: the release's weights as
+a new version, uploaded and released staged as the release pipeline ends (the pipeline run by a real
+federation has its own tests, tests/federation/test_release_pipeline.py); the bad version is a real
+export of a model trained one epoch on 40 images.
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ import re
 from bench.versions import make_version
 from sdk.cli.demo_fleet import FLEET, PHASES, badly_trained, ota_stage
 from sdk.edge.rollout import bucket
+from sdk.registry_client import RegistryClient
 
 
 def test_the_loop_widens_a_good_release_aborts_and_recalls_a_bad_one_while_every_device_answers(
     tmp_path, model_dir, digits_split
 ):
-    candidate = make_version(model_dir, tmp_path / "digits-v2", 2)
-    bad = badly_trained(digits_split, tmp_path / "digits-bad", 3)
+    def release_candidate(url: str, key: str) -> int:
+        client = RegistryClient(url, key)
+        client.upload(make_version(model_dir, tmp_path / "digits-v2", client.latest_version("digits") + 1))
+        client.release("digits", 2, staged=True)
+        return 2
 
-    run = ota_stage(model_dir, candidate, bad, tmp_path / "ota", digits_split.x_test)
+    def bad(version: int):
+        return badly_trained(digits_split, tmp_path / "digits-bad", version)
+
+    run = ota_stage(model_dir, release_candidate, bad, tmp_path / "ota", digits_split.x_test)
 
     ids = [device_id for device_id, _ in FLEET]
     assert run.fleet == {

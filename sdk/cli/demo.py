@@ -81,27 +81,46 @@ def demo(
     )
     if cloud:
         cloud_stage(model_dir, split.x_test, split.y_test, threshold, workdir / "broker")
-    candidate = None
-    if federation:
-        from federation.export import save_checkpoint
+    if not (federation or ota):
+        return
+    from federation.export import save_checkpoint
 
-        checkpoint = workdir / "checkpoints" / "digits-v1.pt"
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model, checkpoint, arch="digits-cnn")
-        _, val_accuracy = evaluate(model, split.x_val, split.y_val)
-        candidate = federation_stage(model_dir, workdir / "versions", checkpoint, val_accuracy)
-    if ota and candidate is not None:
-        from sdk.cli.demo_fleet import badly_trained, ota_stage
-        from sdk.manifest import load_manifest
+    checkpoint = workdir / "checkpoints" / "digits-v1.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, checkpoint, arch="digits-cnn")
+    _, val_accuracy = evaluate(model, split.x_val, split.y_val)
+    if not ota:  # the federation alone: its accepted rounds become versions on disk
+        federation_stage(model_dir, workdir / "versions", checkpoint, val_accuracy)
+        return
+    from sdk.cli.demo_fleet import badly_trained, ota_stage
 
+    def release_candidate(url: str, key: str) -> int | None:
+        if not federation:
+            return None
+        return federation_stage(model_dir, workdir / "versions", checkpoint, val_accuracy, registry=(url, key))
+
+    def bad(version: int) -> Path:
         with progress() as bar:
             bar.add_task("6/6 a bad version: one epoch on 40 images, exported for every device", total=None)
-            bad = badly_trained(split, workdir / "models" / "digits-bad", load_manifest(candidate).version + 1)
-        ota_stage(model_dir, candidate, bad, workdir / "ota", split.x_test)
+            return badly_trained(split, workdir / "models" / "digits-bad", version)
+
+    ota_stage(model_dir, release_candidate, bad, workdir / "ota", split.x_test)
 
 
-def federation_stage(release_dir: Path, versions_dir: Path, checkpoint: Path, release_accuracy: float) -> Path | None:
-    """Fine-tune the release across clients with SecAgg+ and DP; versions that beat it are kept; return the newest."""
+def federation_stage(
+    release_dir: Path,
+    versions_dir: Path,
+    checkpoint: Path,
+    release_accuracy: float,
+    *,
+    registry: tuple[str, str] | None = None,
+) -> int | None:
+    """Fine-tune the release across clients with SecAgg+ and DP; return the newest version that beat it.
+
+    With ``registry`` (its URL and admin key), the release pipeline signs each such version and starts its staged
+    rollout (``fedge federate --release``); the newest released one is returned.
+    """
+    import os
     import shutil
 
     from federation.runner import SuperLink, run_app
@@ -124,28 +143,42 @@ def federation_stage(release_dir: Path, versions_dir: Path, checkpoint: Path, re
         init_checkpoint=str(checkpoint.resolve()),
         baseline_accuracy=release_accuracy,
         export_tflite=True,  # the Raspberry Pi devices of the OTA stage run LiteRT
+        registry_url=registry[0] if registry else "",
+        release=registry is not None,
     )
-    with progress() as bar:
-        task = bar.add_task("5/6 federation: 5 clients, SecAgg+ and DP, 5 rounds (Flower simulation)", total=5)
+    saved_key = os.environ.get("FEDGE_ADMIN_KEY")
+    if registry is not None:
+        os.environ["FEDGE_ADMIN_KEY"] = registry[1]  # read by the ServerApp, a process the SuperLink starts
+    title = "5/6 federation: 5 clients, SecAgg+ and DP, 5 rounds (Flower simulation)"
+    if registry is not None:
+        title += "; each accepted round released staged"
+    try:
+        with progress() as bar:
+            task = bar.add_task(title, total=5)
 
-        def on_line(line: str) -> None:
-            if "[ROUND " in line:
-                bar.update(task, completed=int(line.split("[ROUND ", 1)[1].split("]", 1)[0]) - 1)
+            def on_line(line: str) -> None:
+                if "[ROUND " in line:
+                    bar.update(task, completed=int(line.split("[ROUND ", 1)[1].split("]", 1)[0]) - 1)
 
-        with SuperLink(simulation=True) as link:
-            report = run_app(link.home, settings, num_supernodes=5, timeout_s=900, on_line=on_line)
-        bar.update(task, completed=5)
+            with SuperLink(simulation=True) as link:
+                report = run_app(link.home, settings, num_supernodes=5, timeout_s=900, on_line=on_line)
+            bar.update(task, completed=5)
+    finally:
+        if saved_key is None:
+            os.environ.pop("FEDGE_ADMIN_KEY", None)
+        else:
+            os.environ["FEDGE_ADMIN_KEY"] = saved_key
     print_report(report)
     console.print(
         f"candidate versions in {versions_dir}: "
         + (", ".join(f"v{c['version']} (round {c['round']})" for c in report["candidates"]) or "none")
         + f"; epsilon spent {report['epsilon']:.4g} at delta 1e-05 (5 clients cannot buy privacy: see the README)"
     )
-    if not report["candidates"]:
+    released = [c for c in report["candidates"] if registry is None or c.get("release", {}).get("released")]
+    if not released:
         console.print(f"no round beat the release (validation accuracy {release_accuracy:.4f}): nothing to roll out")
         return None
-    newest = max(report["candidates"], key=lambda c: c["version"])["version"]
-    return versions_dir / f"digits-v{newest}"
+    return max(c["version"] for c in released)
 
 
 def cloud_stage(

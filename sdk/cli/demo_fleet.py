@@ -8,7 +8,8 @@ its identity changed, and the update timings of :class:`DemoPace` (the field's m
 seconds); everything else stays as shipped. The story:
 
 1. v1, released by the registry, on every device;
-2. the federation's candidate, released staged, widened stage by stage on the devices' telemetry;
+2. the federation's candidate, released staged by the release pipeline (``fedge federate --release``
+   against this cloud: :data:`ReleaseCandidate`), widened stage by stage on the devices' telemetry;
 3. a badly trained version forced past the gate (staged), aborted by the controller on the
    devices' telemetry and recalled: every device back on the candidate;
 
@@ -39,9 +40,22 @@ from rich.table import Table
 from sdk.cli.console import console
 from sdk.cli.demo import _secured_broker, _stop_all, _wait_for_workers
 
-__all__ = ["FLEET", "PHASES", "DemoPace", "DeviceRun", "LoopRun", "badly_trained", "device_config", "ota_stage"]
+__all__ = [
+    "FLEET",
+    "PHASES",
+    "DemoPace",
+    "DeviceRun",
+    "LoopRun",
+    "ReleaseCandidate",
+    "badly_trained",
+    "device_config",
+    "ota_stage",
+]
 
 T = TypeVar("T")
+#: Puts the federation's candidate into the registry at ``url`` (admin ``key``) as a staged release; its version,
+#: or None when no round earned one.
+ReleaseCandidate = Callable[[str, str], "int | None"]
 
 #: The shipped device examples, next to the package in a checkout.
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -120,7 +134,7 @@ class LoopRun:
     """The OTA stage's outcome: each rollout's final status, the fleet after each phase, and each device's answers."""
 
     first: int
-    candidate: int
+    candidate: int | None  # None: no round of the federation earned a release
     bad: int
     candidate_rollout: dict[str, Any]
     bad_rollout: dict[str, Any]
@@ -164,15 +178,19 @@ def badly_trained(split: Any, out: Path, version: int, *, samples: int = 40) -> 
 
 def ota_stage(
     release_dir: Path,
-    candidate_dir: Path,
-    bad_dir: Path,
+    candidate: ReleaseCandidate,
+    bad: Callable[[int], Path],
     workdir: Path,
     x: np.ndarray,
     *,
     pace: DemoPace | None = None,
     examples: Path = EXAMPLES,
 ) -> LoopRun:
-    """Run the loop on real processes (see the module's docstring), print its tables, and return what happened."""
+    """Run the loop on real processes (see the module's docstring), print its tables, and return what happened.
+
+    ``candidate`` releases the federation's candidate while the fleet runs; ``bad(version)`` exports the bad
+    version under the number the registry gives next.
+    """
     from sdk.broker.acl import RELEASE_ACCOUNT, WORKER_ACCOUNT
     from sdk.cloud.repository import ReleaseRepository
     from sdk.cloud.signing import init_keys
@@ -185,7 +203,7 @@ def ota_stage(
     if not (examples / "raspberrypi" / "fedge.toml").is_file():
         raise FileNotFoundError(f"{examples} holds no device examples: run the demo from a checkout")
     shutil.rmtree(workdir, ignore_errors=True)
-    first, candidate, bad = (load_manifest(d).version for d in (release_dir, candidate_dir, bad_dir))
+    first = load_manifest(release_dir).version
     ids = [device_id for device_id, _ in FLEET]
     admin = secrets.token_urlsafe(24)
     fleet: dict[str, dict[str, int | None]] = {}
@@ -257,21 +275,31 @@ def ota_stage(
 
         fleet[PHASES[0]] = wait.until(lambda: on(first), f"every device on v{first}")
         marks.append(_counts(logs))
-        console.print(f"every device runs v{first}; the federation's candidate v{candidate} goes out staged")
+        console.print(f"every device runs v{first}; the federation trains on, and its release pipeline rolls out")
 
-        def staged(directory: Path, version: int, phase: str) -> dict[str, Any]:
-            """Upload and release ``version`` staged; its rollout's end, once every device runs the candidate."""
-            client.upload(directory)
-            client.release(MODEL, version, staged=True)
+        def ended(version: int, good: int, phase: str) -> dict[str, Any]:
+            """``version``'s rollout once it ended and every device runs ``good``."""
             status = wait.until(_rollout_ended(client, version), f"the rollout of v{version} ended")
-            fleet[phase] = wait.until(lambda: on(candidate), f"every device on v{candidate} ({phase})")
+            fleet[phase] = wait.until(lambda: on(good), f"every device on v{good} ({phase})")
             marks.append(_counts(logs))
             _print_status(url, admin)
             return status
 
-        candidate_rollout = staged(candidate_dir, candidate, PHASES[1])
-        console.print(f"an operator forces v{bad}, badly trained, past the gate: POST /v1/registry/releases staged")
-        bad_rollout = staged(bad_dir, bad, PHASES[2])  # aborted and recalled: the fleet goes back to the candidate
+        released = candidate(url, admin)
+        good = released or first
+        if released is None:
+            console.print(f"no round earned a release: the fleet stays on v{first}")
+            candidate_rollout: dict[str, Any] = {}
+            fleet[PHASES[1]] = _fleet(url, admin)
+            marks.append(_counts(logs))
+        else:
+            candidate_rollout = ended(released, good, PHASES[1])
+        worst = client.latest_version(MODEL) + 1  # the registry numbers: after every version the federation made
+        bad_dir = bad(worst)
+        console.print(f"an operator forces v{worst}, badly trained, past the gate: POST /v1/registry/releases staged")
+        client.upload(bad_dir)
+        client.release(MODEL, worst, staged=True)
+        bad_rollout = ended(worst, good, PHASES[2])  # aborted and recalled: the fleet goes back to the good version
         before = marks[-1]
         wait.until(lambda: all(n > before[d] for d, n in _counts(logs).items()), "one more answer on every device")
         _stop_all([processes.pop(d) for d in ids])  # systemctl stop: SIGTERM, the retained offline status
@@ -280,8 +308,8 @@ def ota_stage(
     runs = tuple(_device_run(device_id, example, logs[device_id], marks) for device_id, example in FLEET)
     result = LoopRun(
         first=first,
-        candidate=candidate,
-        bad=bad,
+        candidate=released,
+        bad=worst,
         candidate_rollout=candidate_rollout,
         bad_rollout=bad_rollout,
         fleet=fleet,
@@ -415,7 +443,8 @@ def _print_table(run: LoopRun) -> None:
     from sdk.edge.rollout import bucket
 
     aborted = run.bad_rollout.get("reason", "")
-    title = f"the loop on four devices: v{run.first}, v{run.candidate} staged, v{run.bad} forced, aborted, recalled"
+    staged = f"v{run.candidate} staged" if run.candidate is not None else "no candidate"
+    title = f"the loop on four devices: v{run.first}, {staged}, v{run.bad} forced, aborted, recalled"
     table = Table(title=title)
     for col in ("device", "target", "installed", "answers by phase", "by the cloud", "failed"):
         table.add_column(col, justify="left" if col in ("device", "target", "installed") else "right")
@@ -436,9 +465,10 @@ def _print_table(run: LoopRun) -> None:
         + f"; before its first install a device has only the cloud: {before} sample(s) went unanswered then",
         highlight=False,
     )
+    good = run.candidate_rollout
     console.print(
-        f"v{run.candidate}: {run.candidate_rollout['state']} ({run.candidate_rollout['reason']}); "
-        f"v{run.bad}: {run.bad_rollout['state']} ({aborted}); every file verified against TUF metadata "
+        (f"v{run.candidate}: {good['state']} ({good['reason']}); " if good else "")
+        + f"v{run.bad}: {run.bad_rollout['state']} ({aborted}); every file verified against TUF metadata "
         "signed by keys the devices trust",
         highlight=False,
     )
