@@ -138,7 +138,9 @@ class EdgeRuntime:
     def confidence_threshold(self) -> float:
         """The threshold below which ``edge-first`` asks the cloud."""
         model = self._model
-        return resolve_threshold(self._config.confidence_threshold, model and model.manifest.confidence_threshold)
+        return resolve_threshold(
+            self._config.confidence_threshold, model and model.manifest.threshold_for(model.artifact.kind)
+        )
 
     def predict(self, x: object) -> Prediction | BatchPrediction:
         """Answer one sample (a :class:`Prediction`) or a batch (a :class:`BatchPrediction`).
@@ -183,7 +185,10 @@ class EdgeRuntime:
             if cached is not None:
                 return _result(cached, model.manifest, single, start), cached._replace(engine_failed=False)
         if mode == "edge-only":
-            answer = _Answer(self._run_local(model, batch), None, None)
+            outputs = self._run_local(model, batch)
+            answer = _Answer(
+                outputs, None, None, confidences(outputs, model.manifest.output_kind, model.artifact.temperature)
+            )
         elif mode == "edge-first":
             answer = self._edge_first(model, batch, start)
         else:
@@ -199,7 +204,7 @@ class EdgeRuntime:
             log.warning("local engine failed (%s); asking the cloud", exc)
             reply = self._ask_cloud(model.manifest.name, batch, start)
             return _Answer(reply.tensor, ("cloud",) * len(batch), reply.model_version, engine_failed=True)
-        probs = confidences(outputs, model.manifest.output_kind)
+        probs = confidences(outputs, model.manifest.output_kind, model.artifact.temperature)
         local = probs.max(axis=1)
         low = low_confidence(local, self.confidence_threshold)
         if not low.any():
