@@ -25,15 +25,15 @@ def confidences(outputs: np.ndarray, output_kind: str, temperature: float = 1.0)
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error of the top class: equal-width bins, each |accuracy - confidence| by its share."""
-    probabilities, labels = np.asarray(probabilities), np.asarray(labels)
-    if probabilities.ndim != 2 or len(probabilities) != len(labels) or not len(labels):
-        raise ValueError(
-            f"expected (N, classes) probabilities and N labels, got {probabilities.shape} and {labels.shape}"
-        )
-    top = probabilities.max(axis=1).astype(np.float64)
-    correct = probabilities.argmax(axis=1) == labels
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of top-class ``confidence``: equal-width bins, |accuracy - confidence| by share.
+
+    Raises:
+        ValueError: arrays that are not 1-D of one non-zero length, or ``bins`` < 1.
+    """
+    top, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
+    if top.ndim != 1 or correct.shape != top.shape or not len(top) or bins < 1:
+        raise ValueError(f"expected N confidences and N flags (N >= 1), got {top.shape} and {correct.shape}")
     # Bin i holds (i/bins, (i+1)/bins]; a confidence of exactly 0 joins the first bin.
     which = np.clip(np.ceil(top * bins).astype(np.int64) - 1, 0, bins - 1)
     error = 0.0

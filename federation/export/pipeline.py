@@ -157,8 +157,9 @@ def _measure(directory: Path, f: ArtifactFile, split: Split, step: StepCallback)
     """``f`` with its test accuracy, its temperature and its calibration error before and after it."""
     test = run_artifact(directory / f.file, f.kind, split.x_test)
     temperature = fit_temperature(run_artifact(directory / f.file, f.kind, split.x_val), split.y_val)
-    before = expected_calibration_error(confidences(test, "logits"), split.y_test)
-    after = expected_calibration_error(confidences(test, "logits", temperature), split.y_test)
+    right = test.argmax(axis=1) == split.y_test
+    before = expected_calibration_error(confidences(test, "logits").max(axis=1), right)
+    after = expected_calibration_error(confidences(test, "logits", temperature).max(axis=1), right)
     step(f"{f.kind}: temperature {temperature:.3f}, test ECE (15 bins) {before:.4f} -> {after:.4f}")
     return ArtifactFile(
         f.kind,

@@ -71,7 +71,7 @@ def ask_served_cloud(
     from sdk.edge.cloud_client import CloudClient
 
     labels, versions = [], set()
-    with CloudClient(settings, device_id=f"calibrate-{uuid.uuid4().hex[:8]}").start(wait=True) as client:
+    with CloudClient(settings, device_id=f"calibrate-{uuid.uuid4().hex[:8]}") as client:
         for i in range(0, len(x), CLOUD_BATCH):
             reply = client.infer(model_name, np.ascontiguousarray(x[i : i + CLOUD_BATCH]), timeout_s=timeout_s)
             labels.append(np.asarray(reply.tensor).argmax(axis=1))

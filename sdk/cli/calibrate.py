@@ -31,7 +31,7 @@ def calibrate(
     model_dir: ModelDirOpt,
     target_accuracy: Annotated[
         float, typer.Option("--target-accuracy", help="End-to-end accuracy to reach, in (0, 1].")
-    ] = 0.97,
+    ] = 0.95,
     confidence_level: Annotated[
         float,
         typer.Option("--confidence-level", help="Reach the target with this confidence (Clopper-Pearson); 0 = off."),
