@@ -86,11 +86,11 @@ def export(
         )
         bar.update(task, description="export done", total=1, completed=1)
     table = Table(title=f"{manifest.name} v{manifest.version} -> {model_dir}")
-    for col in ("artifact", "file", "precision", "size (KiB)", "test accuracy", "temperature", "test ECE (15 bins)"):
-        table.add_column(col)
+    for col in ("artifact", "precision", "KiB", "test accuracy", "temperature", "test ECE, 15 bins"):
+        table.add_column(col, no_wrap=col == "artifact")
     for a in manifest.artifacts.values():
         ece = f"{a.ece_before:.4f} -> {a.ece_after:.4f}" if a.ece_before is not None else "-"
-        row = [a.kind, a.file, a.precision, f"{a.size / 1024:.1f}", f"{a.accuracy:.4f}", f"{a.temperature:.3f}", ece]
+        row = [a.kind, a.precision, f"{a.size / 1024:.1f}", f"{a.accuracy:.4f}", f"{a.temperature:.3f}", ece]
         table.add_row(*row)
     console.print(table)
     console.print(f"fp32 reference accuracy {manifest.reference_accuracy:.4f}, sparsity {manifest.sparsity:.0%}")
@@ -153,15 +153,13 @@ def info(model_dir: ModelDirOpt) -> None:
         f"labels {', '.join(m.labels) or '-'}   sparsity {m.sparsity:.0%}   threshold {m.confidence_threshold}"
     )
     table = Table()
-    for col in ("artifact", "file", "precision", "size (KiB)", "accuracy", "temperature", "threshold", "sha256"):
-        table.add_column(col)
+    for col in ("artifact", "precision", "KiB", "accuracy", "T", "threshold", "sha256"):
+        table.add_column(col, no_wrap=col == "artifact")
     for a in m.artifacts.values():
         acc = "-" if a.accuracy is None else f"{a.accuracy:.4f}"
         threshold = m.threshold_for(a.kind)
         shown = "-" if threshold is None else f"{threshold:.4g}"
-        table.add_row(
-            a.kind, a.file, a.precision, f"{a.size / 1024:.1f}", acc, f"{a.temperature:.3f}", shown, a.sha256[:16]
-        )
+        table.add_row(a.kind, a.precision, f"{a.size / 1024:.1f}", acc, f"{a.temperature:.3f}", shown, a.sha256[:16])
     console.print(table)
     if m.cloud_model:
         console.print(f"thresholds calibrated against the cloud's {m.cloud_model.name} v{m.cloud_model.version}")
