@@ -105,6 +105,7 @@ def test_the_guarantee_by_hand():
     assert clopper_pearson_lower(8, 10, 0.95) == pytest.approx(0.493099, abs=1e-6)
 
 
+@needs("scipy")
 def test_clopper_pearson_is_the_beta_quantile():
     from scipy.stats import beta
 
