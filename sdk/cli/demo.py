@@ -30,7 +30,7 @@ def demo(
     federation: Annotated[bool, typer.Option("--federation/--no-federation", help="Run the federation stage.")] = True,
     ota: Annotated[bool, typer.Option("--ota/--no-ota", help="Run the over-the-air release stage.")] = True,
 ) -> None:
-    """Train, export pruned + int8, run every artifact on the device, then fall back to cloud workers over MQTT."""
+    """Train, export, run on the device, fall back to the cloud, federate, then run the closed loop on four devices."""
     from federation.export import ExportConfig, export_model
     from federation.task import DigitsCNN, evaluate, load_split, set_seed, train
     from sdk.edge import EdgeConfig, EdgeRuntime
@@ -91,7 +91,13 @@ def demo(
         _, val_accuracy = evaluate(model, split.x_val, split.y_val)
         candidate = federation_stage(model_dir, workdir / "versions", checkpoint, val_accuracy)
     if ota and candidate is not None:
-        ota_stage(model_dir, candidate, workdir / "ota", split.x_test)
+        from sdk.cli.demo_fleet import badly_trained, ota_stage
+        from sdk.manifest import load_manifest
+
+        with progress() as bar:
+            bar.add_task("6/6 a bad version: one epoch on 40 images, exported for every device", total=None)
+            bad = badly_trained(split, workdir / "models" / "digits-bad", load_manifest(candidate).version + 1)
+        ota_stage(model_dir, candidate, bad, workdir / "ota", split.x_test)
 
 
 def federation_stage(release_dir: Path, versions_dir: Path, checkpoint: Path, release_accuracy: float) -> Path | None:
@@ -117,6 +123,7 @@ def federation_stage(release_dir: Path, versions_dir: Path, checkpoint: Path, re
         versions_dir=str(versions_dir.resolve()),
         init_checkpoint=str(checkpoint.resolve()),
         baseline_accuracy=release_accuracy,
+        export_tflite=True,  # the Raspberry Pi devices of the OTA stage run LiteRT
     )
     with progress() as bar:
         task = bar.add_task("5/6 federation: 5 clients, SecAgg+ and DP, 5 rounds (Flower simulation)", total=5)
@@ -139,100 +146,6 @@ def federation_stage(release_dir: Path, versions_dir: Path, checkpoint: Path, re
         return None
     newest = max(report["candidates"], key=lambda c: c["version"])["version"]
     return versions_dir / f"digits-v{newest}"
-
-
-def ota_stage(release_dir: Path, candidate_dir: Path, workdir: Path, x: np.ndarray) -> None:
-    """Release v1 to four devices, then the federation's candidate: canary first, then everyone."""
-    import shutil
-    import threading
-
-    from sdk.broker.acl import RELEASE_ACCOUNT
-    from sdk.cloud.app import create_app
-    from sdk.cloud.registry import Registry
-    from sdk.cloud.releases import ReleaseService
-    from sdk.cloud.repository import ReleaseRepository
-    from sdk.cloud.server import BackgroundServer
-    from sdk.cloud.signing import init_keys
-    from sdk.edge import EdgeConfig, EdgeRuntime
-    from sdk.edge.install import ModelStore
-    from sdk.edge.rollout import bucket
-    from sdk.edge.status import DeviceLink
-    from sdk.edge.updater import ModelUpdater, UpdateConfig, open_installed
-    from sdk.manifest import load_manifest
-
-    shutil.rmtree(workdir, ignore_errors=True)
-    candidate = load_manifest(candidate_dir).version
-    ids = ["pi-kitchen", "pi-garage", "jetson-lab", "pi-porch"]
-    canary = 50
-    history: dict[str, list[int | None]] = {d: [] for d in ids}
-    served = dict.fromkeys(ids, 0)
-    stop = threading.Event()
-    with contextlib.ExitStack() as stack, progress() as bar:
-        step = bar.add_task("6/6 OTA: signed repository, registry, four devices", total=None)
-        broker, layout = _secured_broker(stack, workdir / "broker", ids)
-        keys = init_keys(workdir / "keys" / "online", workdir / "keys" / "offline-root")
-        repo = ReleaseRepository.create(workdir / "repository", keys)
-        registry = Registry(f"sqlite:///{workdir / 'registry.db'}", workdir / "store", repo)
-        stack.callback(registry.close)
-        stack.enter_context(ReleaseService(registry, layout.settings(RELEASE_ACCOUNT, broker.address)))
-        server = stack.enter_context(BackgroundServer(create_app({}, repository_dir=repo.directory, registry=registry)))
-        registry.add_version(release_dir)
-        registry.add_version(candidate_dir)
-        edge = EdgeConfig(artifacts=("onnx-int8",), num_threads=1)
-        updaters, runtimes = {}, {}
-        for device_id in ids:
-            link = stack.enter_context(DeviceLink(layout.settings(device_id, broker.address), device_id, "digits"))
-            config = UpdateConfig(
-                model="digits", device_id=device_id, repository_url=f"{server.url}/tuf", health_window_s=1.0
-            )
-            updaters[device_id] = ModelUpdater(
-                ModelStore(workdir / "devices" / device_id), config, repo.root_bytes(1), reporter=link.report
-            )
-
-        def serve(device_id: str) -> None:  # inference goes on while the model changes underneath
-            while not stop.is_set():
-                runtimes[device_id].predict(x[served[device_id] % len(x)])
-                served[device_id] += 1
-
-        def roll(what: str) -> None:
-            bar.update(step, description=f"6/6 OTA: {what}")
-            for device_id, updater in updaters.items():
-                updater.check()
-                history[device_id].append(updater.installed_version)
-
-        registry.release("digits", 1)
-        roll("release v1 to everyone")
-        threads = []
-        for device_id, updater in updaters.items():
-            runtimes[device_id] = stack.enter_context(EdgeRuntime(open_installed(updater.store, edge), edge))
-            updater.runtime = runtimes[device_id]
-            threads.append(threading.Thread(target=serve, args=(device_id,), daemon=True))
-        for t in threads:
-            t.start()
-        registry.release("digits", candidate, rollout=canary)
-        roll(f"canary: v{candidate} to {canary}% of devices")
-        registry.update_release("digits", candidate, rollout=100)
-        roll(f"v{candidate} to everyone")
-        stop.set()
-        for t in threads:
-            t.join(10)
-        deadline = time.monotonic() + 5  # status reports travel over MQTT to the fleet view
-        while any(d["running_version"] != candidate for d in registry.fleet()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        fleet = {d["device_id"]: d for d in registry.fleet()}
-
-    table = Table(title=f"over-the-air: v1, then v{candidate} from the federation (canary {canary}%, then 100%)")
-    for col in ("device", "bucket", "after v1", "after canary", "after 100%", "fleet view", "answers served"):
-        table.add_column(col, justify="left" if col == "device" else "right")
-    for device_id in ids:
-        v = [f"v{h}" if h else "-" for h in history[device_id]]
-        shown = fleet.get(device_id, {}).get("running_version")
-        table.add_row(device_id, str(bucket(device_id, "digits")), *v, f"v{shown}", str(served[device_id]))
-    console.print(table)
-    console.print(
-        "every file verified against TUF metadata signed by keys the devices trust; "
-        f"repository served at {server.url}/tuf; devices swapped models without dropping a call"
-    )
 
 
 def cloud_stage(

@@ -41,7 +41,7 @@ class RolloutRow(Base):
     baseline: Mapped[int | None] = mapped_column(Integer, default=None)  # the release it replaces
     stage: Mapped[int] = mapped_column(Integer, default=0)  # 0-based index into the policy's stages
     stage_started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    state: Mapped[str] = mapped_column(String(16), default="running")  # running, complete, aborted
+    state: Mapped[str] = mapped_column(String(16), default="running")  # running, complete, aborted, superseded
     reason: Mapped[str] = mapped_column(String(1000), default="")
     last_decision: Mapped[dict] = mapped_column(JSON, default=dict)
     history: Mapped[list] = mapped_column(JSON, default=list)
@@ -94,6 +94,15 @@ class RolloutStore:
         now = _now()
         entry = _entry(now, "start", f"released to stage 1 ({policy.stages[0]} %)", 0, policy.stages[0])
         with self._session.begin() as session:
+            # An older rollout still running stops here: its release keeps the devices it reached, and the
+            # newer one, which the devices prefer, takes its place stage by stage.
+            older = select(RolloutRow).where(
+                RolloutRow.model == model, RolloutRow.state == "running", RolloutRow.version < version
+            )
+            for row in session.scalars(older).all():
+                reason = f"superseded by v{version}"
+                row.state, row.reason = "superseded", reason
+                row.history = [*(row.history or []), _entry(now, "superseded", reason, row.stage, None)][-MAX_HISTORY:]
             session.add(
                 RolloutRow(
                     model=model, version=version, baseline=baseline, stage=0, stage_started_at=now, history=[entry]
@@ -161,14 +170,17 @@ class RolloutStore:
             row.state, row.reason = "aborted", reason[:1000]
             row.history = [*(row.history or []), _entry(at, "abort", reason, row.stage, None)][-MAX_HISTORY:]
 
-    def status(self, model: str) -> dict[str, Any]:
-        """The newest rollout of ``model``: its release, stage, devices per version, live checks, decisions.
+    def status(self, model: str, version: int | None = None) -> dict[str, Any]:
+        """The newest rollout of ``model`` (or ``version``'s): release, stage, devices per version, checks, decisions.
 
         Raises:
-            NotFound: ``model`` has no rollout.
+            NotFound: ``model`` has no rollout (of ``version``).
         """
         with self._session() as session:
-            row = session.scalar(select(RolloutRow).where(RolloutRow.model == model).order_by(RolloutRow.id.desc()))
+            query = select(RolloutRow).where(RolloutRow.model == model)
+            if version is not None:
+                query = query.where(RolloutRow.version == version)
+            row = session.scalar(query.order_by(RolloutRow.id.desc()))
             if row is None:
                 raise NotFound(f"{model!r} has no staged rollout")
             record = _record(row)

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -15,16 +16,24 @@ from sdk.backends import Backend
 from sdk.confidence import confidences
 from sdk.edge.cache import ResultCache, input_key
 from sdk.edge.config import EdgeConfig
-from sdk.edge.fallback import cloud_budget, low_confidence, resolve_threshold
-from sdk.edge.prediction import BatchPrediction, Prediction, Source
-from sdk.errors import (
-    BackendError,
-    CloudError,
-    FedgeError,
-    InvalidInput,
-    ModelNotFound,
-    RemoteError,
+from sdk.edge.fallback import (
+    AnswerCloud,
+    AnswerLocal,
+    AskCloud,
+    Call,
+    CloudFailed,
+    CloudReplied,
+    Degrade,
+    Fail,
+    LocalFailed,
+    LocalRan,
+    Merge,
+    RunLocal,
+    decide,
+    resolve_threshold,
 )
+from sdk.edge.prediction import BatchPrediction, Prediction, Source
+from sdk.errors import BackendError, CloudError, FedgeError, InvalidInput, ModelNotFound
 from sdk.loading import LoadedModel, load_model
 from sdk.manifest import Artifact, Manifest
 from sdk.wire import Message
@@ -50,7 +59,8 @@ class EdgeRuntime:
     Give it a started :class:`~sdk.edge.cloud_client.CloudClient` (``cloud=``) and the
     fallback policy of ``config.fallback`` applies; the runtime owns the client and closes it.
     Give it a :class:`~sdk.edge.telemetry.Telemetry` (``telemetry=``) and every call of the local
-    model is counted there, for the device's status reports.
+    model is counted there, for the device's status reports. What a call does is decided by
+    :func:`sdk.edge.fallback.decide`; the runtime carries the decisions out.
     """
 
     def __init__(
@@ -60,12 +70,17 @@ class EdgeRuntime:
         *,
         cloud: CloudClient | None = None,
         telemetry: Telemetry | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        """Serve ``model`` (None: no local model yet, the cloud answers until one is swapped in)."""
+        """Serve ``model`` (None: no local model yet, the cloud answers until one is swapped in).
+
+        ``clock`` (seconds) times each call against ``deadline_ms`` and for its ``latency_ms``.
+        """
         self._config = config or EdgeConfig()
         self._model = model
         self._cloud = cloud
         self.telemetry = telemetry
+        self._clock = clock
         self._cache: ResultCache[_Answer] | None = (
             ResultCache(self._config.cache_size) if self._config.cache_size else None
         )
@@ -88,10 +103,11 @@ class EdgeRuntime:
         *,
         cloud: CloudClient | None = None,
         telemetry: Telemetry | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> EdgeRuntime:
         """Verify and load ``model_dir``; see :func:`load_model` for what it raises."""
         config = config or EdgeConfig()
-        return cls(load_model(model_dir, config), config, cloud=cloud, telemetry=telemetry)
+        return cls(load_model(model_dir, config), config, cloud=cloud, telemetry=telemetry, clock=clock)
 
     @property
     def config(self) -> EdgeConfig:
@@ -154,7 +170,7 @@ class EdgeRuntime:
             BackendError: the engine failed and no cloud could stand in.
             CloudError: under ``cloud-only`` or without a local model, the cloud could not answer.
         """
-        start = time.perf_counter()
+        start = self._clock()
         model = self._model  # one read: a concurrent model swap never mixes two models in one call
         if self._closed:
             raise RuntimeError("the runtime is closed")
@@ -168,7 +184,7 @@ class EdgeRuntime:
         except InvalidInput:
             raise  # the caller's input, not the model, failed
         except FedgeError:
-            telemetry.record(model.manifest.version, (time.perf_counter() - start) * 1e3, error=True)
+            telemetry.record(model.manifest.version, (self._clock() - start) * 1e3, error=True)
             raise
         _count(telemetry, model.manifest.version, result, answer)
         return result
@@ -177,66 +193,72 @@ class EdgeRuntime:
         self, model: LoadedModel, x: object, start: float
     ) -> tuple[Prediction | BatchPrediction, _Answer]:
         batch, single = model.inputs.prepare(x)
-        mode = self._config.fallback if self._cloud is not None else "edge-only"
         key = None
         if self._cache is not None:
             key = input_key(batch, model.manifest.version)
             cached = self._cache.get(key)
             if cached is not None:
-                return _result(cached, model.manifest, single, start), cached._replace(engine_failed=False)
-        if mode == "edge-only":
-            outputs = self._run_local(model, batch)
-            answer = _Answer(
-                outputs, None, None, confidences(outputs, model.manifest.output_kind, model.artifact.temperature)
-            )
-        elif mode == "edge-first":
-            answer = self._edge_first(model, batch, start)
-        else:
-            answer = self._cloud_first(model, batch, start, mode)
+                return self._result(cached, model.manifest, single, start), cached._replace(engine_failed=False)
+        answer = self._carry_out(model, batch, start)
         if key is not None and (answer.sources is None or "edge-degraded" not in answer.sources):
             self._cache.put(key, answer)  # a degraded answer is not kept: the cloud may be back next time
-        return _result(answer, model.manifest, single, start), answer
+        return self._result(answer, model.manifest, single, start), answer
 
-    def _edge_first(self, model: LoadedModel, batch: np.ndarray, start: float) -> _Answer:
-        try:
-            outputs = self._run_local(model, batch)
-        except BackendError as exc:
-            log.warning("local engine failed (%s); asking the cloud", exc)
-            reply = self._ask_cloud(model.manifest.name, batch, start)
-            return _Answer(reply.tensor, ("cloud",) * len(batch), reply.model_version, engine_failed=True)
-        probs = confidences(outputs, model.manifest.output_kind, model.artifact.temperature)
-        local = probs.max(axis=1)
-        low = low_confidence(local, self.confidence_threshold)
-        if not low.any():
-            return _Answer(outputs, None, None, probs)
-        sources = np.full(len(batch), "edge", dtype=object)
-        try:
-            reply = self._ask_cloud(model.manifest.name, batch[low], start)
-            if reply.tensor.shape != (int(low.sum()), *outputs.shape[1:]):
-                raise RemoteError("bad_reply", f"the cloud answered with shape {reply.tensor.shape}")
-        except CloudError as exc:
-            log.debug("cloud fallback failed: %s", exc)
-            sources[low] = "edge-degraded"
-            return _Answer(outputs, tuple(sources), None)
-        outputs = outputs.copy()
-        outputs[low] = reply.tensor
-        sources[low] = "cloud"
-        return _Answer(outputs, tuple(sources), None, local_confidence=local)
+    def _predict_remote(self, x: np.ndarray, start: float) -> Prediction | BatchPrediction:
+        out = self._carry_out(None, x, start)
+        single = out.outputs.ndim == 1  # nothing local says what one sample is: the reply's rank does
+        batch_out = out.outputs[None] if single else out.outputs
+        answer = _Answer(batch_out, ("cloud",) * len(batch_out), out.cloud_version)
+        return self._result(answer, None, single, start)
 
-    def _cloud_first(self, model: LoadedModel, batch: np.ndarray, start: float, mode: str) -> _Answer:
-        try:
-            reply = self._ask_cloud(model.manifest.name, batch, start, reserve_s=2 * self._local_s)
-            if reply.tensor.shape[0] != len(batch):
-                raise RemoteError("bad_reply", f"the cloud answered with shape {reply.tensor.shape}")
-            return _Answer(reply.tensor, ("cloud",) * len(batch), reply.model_version)
-        except CloudError:
-            if mode == "cloud-only":
-                raise
-        outputs = self._run_local(model, batch)
-        return _Answer(outputs, ("edge-degraded",) * len(batch), None)
+    def _carry_out(self, model: LoadedModel | None, batch: np.ndarray, start: float) -> _Answer:
+        """Carry out the fallback policy's actions for one call, until it answers or fails."""
+        cloud = self._cloud
+        call = Call(
+            mode=self._config.fallback if cloud is not None else "edge-only",
+            has_local=model is not None,
+            rows=len(batch) if model is not None else None,
+            threshold=resolve_threshold(
+                self._config.confidence_threshold, model and model.manifest.threshold_for(model.artifact.kind)
+            ),
+            deadline_s=self._config.deadline_ms / 1000.0,
+            local_s=self._local_s,
+            breaker_open=cloud is not None and cloud.breaker.state == "open",
+        )
+        outputs = probs = reply = None
+        while True:
+            action = decide(call, self._clock() - start)
+            if isinstance(action, RunLocal):
+                assert model is not None
+                try:
+                    outputs = self._run_local(model, batch)
+                except BackendError as exc:
+                    call.local = LocalFailed(exc)
+                    continue
+                probs = confidences(outputs, model.manifest.output_kind, model.artifact.temperature)
+                call.local = LocalRan(outputs.shape, probs.max(axis=1) if action.score else None)
+            elif isinstance(action, AskCloud):
+                assert cloud is not None
+                if isinstance(call.local, LocalFailed):
+                    log.warning("local engine failed (%s); asking the cloud", call.local.error)
+                name = self._config.model_name or (model.manifest.name if model is not None else "")
+                try:
+                    reply = cloud.infer(
+                        name, batch if action.rows is None else batch[action.rows], timeout_s=action.budget_s
+                    )
+                except CloudError as exc:
+                    call.cloud = CloudFailed(action.rows, exc)
+                else:
+                    call.cloud = CloudReplied(action.rows, reply.tensor.shape)
+            elif isinstance(action, Fail):
+                if action.cause is None:
+                    raise action.error
+                raise action.error from action.cause
+            else:
+                return _answer(action, call, len(batch), outputs, probs, reply)
 
     def _run_local(self, model: LoadedModel, batch: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
+        t0 = self._clock()
         self.local_calls += 1  # approximate under threads: health statistics, not accounting
         try:
             outputs = model.backend.run(batch)
@@ -245,24 +267,13 @@ class EdgeRuntime:
             self.local_error_run += 1
             raise
         self.local_error_run = 0
-        self._local_s = 0.8 * self._local_s + 0.2 * (time.perf_counter() - t0)
+        self._local_s = 0.8 * self._local_s + 0.2 * (self._clock() - t0)
         return outputs
 
-    def _predict_remote(self, x: np.ndarray, start: float) -> Prediction | BatchPrediction:
-        if self._config.fallback == "edge-only":
-            raise ModelNotFound("no local model is loaded and the fallback mode is edge-only")
-        name = self._config.model_name or ""
-        reply = self._ask_cloud(name, x, start)
-        out = reply.tensor
-        single = out.ndim == 1
-        batch_out = out[None] if single else out
-        answer = _Answer(batch_out, ("cloud",) * len(batch_out), reply.model_version)
-        return _result(answer, None, single, start)
-
-    def _ask_cloud(self, model_name: str, batch: np.ndarray, start: float, reserve_s: float = 0.0) -> Message:
-        assert self._cloud is not None
-        budget = cloud_budget(self._config.deadline_ms / 1000.0, time.perf_counter() - start, reserve_s)
-        return self._cloud.infer(self._config.model_name or model_name, batch, timeout_s=budget)
+    def _result(
+        self, answer: _Answer, manifest: Manifest | None, single: bool, start: float
+    ) -> Prediction | BatchPrediction:
+        return _result(answer, manifest, single, (self._clock() - start) * 1e3)
 
     def _require_model(self) -> LoadedModel:
         model = self._model
@@ -324,6 +335,38 @@ class _Answer(NamedTuple):
     engine_failed: bool = False  # the local engine failed and the cloud stood in
 
 
+def _answer(
+    action: AnswerLocal | AnswerCloud | Merge | Degrade,
+    call: Call,
+    rows: int,
+    outputs: np.ndarray | None,
+    probs: np.ndarray | None,
+    reply: Message | None,
+) -> _Answer:
+    """The answer a final action names, from the local outputs and the cloud's reply."""
+    if isinstance(action, AnswerCloud):
+        assert reply is not None
+        failed = isinstance(call.local, LocalFailed)
+        return _Answer(reply.tensor, ("cloud",) * rows, reply.model_version, engine_failed=failed)
+    assert outputs is not None
+    if isinstance(action, AnswerLocal):
+        return _Answer(outputs, None, None, probs)
+    if isinstance(action, Degrade):
+        log.debug("cloud fallback failed: %s", action.cause)
+        if action.rows is None:
+            return _Answer(outputs, ("edge-degraded",) * rows, None, probs)
+        sources = np.full(rows, "edge", dtype=object)
+        sources[action.rows] = "edge-degraded"
+        return _Answer(outputs, tuple(sources), None, probs)
+    assert reply is not None
+    assert isinstance(call.local, LocalRan)
+    merged = outputs.copy()
+    merged[action.rows] = reply.tensor
+    sources = np.full(rows, "edge", dtype=object)
+    sources[action.rows] = "cloud"
+    return _Answer(merged, tuple(sources), None, local_confidence=call.local.confidence)
+
+
 def _count(telemetry: Telemetry, version: int, result: Prediction | BatchPrediction, answer: _Answer) -> None:
     """Count one answered call: fallbacks, and the local model's confidence on the rows it ran."""
     latency_ms = result.latency_ms
@@ -355,7 +398,9 @@ def _count(telemetry: Telemetry, version: int, result: Prediction | BatchPredict
     )
 
 
-def _result(answer: _Answer, manifest: Manifest | None, single: bool, start: float) -> Prediction | BatchPrediction:
+def _result(
+    answer: _Answer, manifest: Manifest | None, single: bool, latency_ms: float
+) -> Prediction | BatchPrediction:
     outputs, sources, cloud_version, probs = answer[:4]
     if probs is None:
         probs = confidences(outputs, manifest.output_kind if manifest else "logits")
@@ -363,7 +408,6 @@ def _result(answer: _Answer, manifest: Manifest | None, single: bool, start: flo
     version = manifest.version if manifest else cloud_version
     if sources is not None and cloud_version is not None and all(s == "cloud" for s in sources):
         version = cloud_version
-    latency_ms = (time.perf_counter() - start) * 1e3
     if single:
         label = int(labels[0])
         return Prediction(

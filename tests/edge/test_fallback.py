@@ -2,6 +2,9 @@
 
 Where a test wants the cloud's answer it gives the call a deadline no loaded machine reaches
 (``PATIENT_MS``); short deadlines appear only where nobody answers, so that they only ever expire.
+Where a test needs the local engine to fail, to answer with chosen confidences or to take a chosen
+time, it serves the real model directory with a :class:`~fakes.FakeBackend` and an injected clock;
+the decisions themselves are tested without a broker in ``test_fallback_policy.py``.
 """
 
 import threading
@@ -10,6 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
+from fakes import FakeBackend, ManualClock, logits, with_backend
 from peers import subscribed_client
 from waiting import PATIENCE_S, poll
 
@@ -26,6 +30,15 @@ PATIENT_MS = PATIENCE_S * 1000
 def runtime(model_dir, settings, breaker=None, **config):
     client = CloudClient(settings, device_id=f"d-{uuid.uuid4().hex[:8]}", breaker=breaker).start(wait=True)
     return EdgeRuntime.from_model_dir(model_dir, EdgeConfig(**config), cloud=client)
+
+
+def faked_runtime(model_dir, engine, settings=None, *, clock=time.perf_counter, **config):
+    """The real model directory served by a fake ``engine``; with ``settings``, a real cloud client to that broker."""
+    config = EdgeConfig(**config)
+    client = None
+    if settings is not None:
+        client = CloudClient(settings, device_id=f"d-{uuid.uuid4().hex[:8]}").start(wait=True)
+    return EdgeRuntime(with_backend(model_dir, engine, config), config, cloud=client, clock=clock)
 
 
 class RequestLog:
@@ -52,16 +65,6 @@ class RequestLog:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
-
-
-class ManualClock:
-    """A clock the test moves by hand: the breaker's reset wait without sleeping through it."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -197,15 +200,66 @@ def test_without_a_local_model_the_cloud_answers(cloud, digits_split, fp32):
     assert batch.model_version == cloud.service.manifest.version
 
 
-def test_a_local_engine_failure_goes_to_the_cloud(cloud, model_dir, digits_split, monkeypatch):
-    rt = runtime(model_dir, cloud.settings, deadline_ms=PATIENT_MS)
+def test_a_local_engine_failure_goes_to_the_cloud(cloud, model_dir, digits_split, fp32):
+    engine = FakeBackend(error=BackendError("injected engine failure"))
+    x = digits_split.x_test[0]
+    with faked_runtime(model_dir, engine, cloud.settings, deadline_ms=PATIENT_MS) as rt:
+        result = rt.predict(x)
+        assert (len(engine.batches), rt.local_calls, rt.local_errors, rt.local_error_run) == (1, 1, 1, 1)
+    assert result.source == "cloud"
+    assert result.label == fp32.predict(x).label
 
-    def broken(x):  # fault injection: a real engine does not fail on demand
-        raise BackendError("injected engine failure")
 
-    monkeypatch.setattr(rt.backend, "run", broken)
-    with rt:
-        assert rt.predict(digits_split.x_test[0]).source == "cloud"
+def test_edge_only_raises_an_engine_failure_and_serves_again_once_it_passes(model_dir, digits_split):
+    engine = FakeBackend(error=BackendError("injected engine failure"))
+    with faked_runtime(model_dir, engine) as rt:
+        with pytest.raises(BackendError, match="injected"):
+            rt.predict(digits_split.x_test[0])
+        engine.error, engine.outputs = None, logits([3], [0.9])
+        result = rt.predict(digits_split.x_test[0])
+        assert (rt.local_calls, rt.local_errors, rt.local_error_run) == (2, 1, 0)
+    assert (result.source, result.label) == ("edge", 3)
+    assert result.confidence == pytest.approx(0.9)
+
+
+def test_the_rows_below_the_threshold_and_only_they_get_the_clouds_answer(cloud, model_dir, digits_split, fp32):
+    x = digits_split.x_test[:4]
+    engine = FakeBackend(logits([1, 2, 3, 4], [0.95, 0.3, 0.97, 0.2]))
+    with faked_runtime(model_dir, engine, cloud.settings, confidence_threshold=0.5, deadline_ms=PATIENT_MS) as rt:
+        result = rt.predict(x)
+    assert result.sources == ("edge", "cloud", "edge", "cloud")
+    np.testing.assert_array_equal(result.outputs[[0, 2]], engine.outputs[[0, 2]])
+    np.testing.assert_allclose(result.outputs[[1, 3]], fp32.predict(x[[1, 3]]).outputs, rtol=1e-4, atol=1e-4)
+    assert result.labels[[0, 2]].tolist() == [1, 3]
+    np.testing.assert_allclose(result.confidences[[0, 2]], [0.95, 0.97], rtol=1e-5)
+
+
+def test_a_local_call_that_spends_the_deadline_leaves_the_cloud_unasked(cloud, model_dir, digits_split):
+    clock = ManualClock()
+    engine = FakeBackend(logits([7, 7], [0.3, 0.9]), clock=clock, takes_s=0.25)  # of a 0.2 s deadline
+    listener = RequestLog(cloud.settings)
+    try:
+        with faked_runtime(
+            model_dir, engine, cloud.settings, clock=clock, confidence_threshold=0.5, deadline_ms=200
+        ) as rt:
+            result = rt.predict(digits_split.x_test[:2])
+            probe = rt.cloud.infer(cloud.service.name, digits_split.x_test[0], timeout_s=PATIENCE_S)
+        poll(lambda: probe.id.encode() in listener.seen(), "the probe reached the listener")
+        # One publisher's messages arrive in order: a request sent by the call would stand before the probe.
+        assert listener.seen() == [probe.id.encode()]
+    finally:
+        listener.close()
+    assert result.sources == ("edge-degraded", "edge")
+    assert result.latency_ms == pytest.approx(250.0)  # read from the injected clock
+
+
+def test_cloud_first_leaves_the_engine_alone_while_the_cloud_answers(cloud, model_dir, digits_split, fp32):
+    engine = FakeBackend(error=BackendError("the engine must not be asked"))
+    with faked_runtime(model_dir, engine, cloud.settings, fallback="cloud-first", deadline_ms=PATIENT_MS) as rt:
+        result = rt.predict(digits_split.x_test[:3])
+    assert result.sources == ("cloud",) * 3
+    assert result.labels.tolist() == fp32.predict(digits_split.x_test[:3]).labels.tolist()
+    assert engine.batches == []
 
 
 def test_cache_answers_repeated_inputs_without_the_cloud(cloud, model_dir, digits_split):

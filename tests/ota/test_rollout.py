@@ -285,3 +285,23 @@ def test_a_bad_policy_file_stops_the_service_naming_the_key(tmp_path, repo):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "ConfigError: default.stages: the last stage must be 100" in " ".join(proc.stderr.split())
     assert not (tmp_path / "registry.db").exists()  # stopped before the registry opened
+
+
+def test_a_newer_staged_release_supersedes_the_running_rollout(tmp_path, repo, versions):
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "store", repo)
+    for version in (1, 2, 3):
+        registry.add_version(versions(version))
+    registry.release("digits", 1)
+    store = RolloutStore(registry, RolloutPolicies(default=RolloutPolicy(stages=STAGES, soak_s=3600)))
+    store.start("digits", 2)
+
+    started = store.start("digits", 3)  # the federation accepted a better round while v2 was still at stage 1
+
+    assert started["baseline"] == 2
+    assert [(r.version, r.state) for r in store.running()] == [(3, "running")]
+    superseded = store.status("digits", 2)
+    assert (superseded["state"], superseded["reason"]) == ("superseded", "superseded by v3")
+    assert [h["action"] for h in superseded["history"]] == ["start", "superseded"]
+    assert store.status("digits")["version"] == 3
+    assert {r["version"]: r["rollout"] for r in registry.releases("digits")} == {1: 100, 2: STAGES[0], 3: STAGES[0]}
+    registry.close()
