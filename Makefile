@@ -33,6 +33,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.edge
 	$(BIN)/python -m bench.fallback
+	$(BIN)/python -m bench.cascade
 	$(BIN)/python -m bench.batching
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.federation

@@ -4,6 +4,7 @@
 accepted model ─> kinds: those the fleet's devices report (fleet view) + release-targets
   ─> export into staging: pruned per ExportConfig, fp32 and int8 ONNX, int8 LiteRT
   ─> each artifact's accuracy on the validation split, through the engine a device uses
+  ─> with a ThresholdTarget: each artifact's edge-first threshold against the cloud, with a guarantee
   ─> decide: every kind there, none below the current release's on the same split less max-accuracy-drop
   ─> register (the registry numbers it; its lineage keeps the decision)
   ─> accepted: release it, staged (the registry's policy sets the first stage); refused: never released
@@ -15,19 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from federation.export import ExportConfig, run_artifact
+from federation.export.thresholds import CloudAnswers, calibrate_thresholds
 from federation.export.to_tflite import tflite_available
 from federation.settings import FederationSettings
 from federation.task import Split, accuracy
 from federation.versions import StoredVersion, VersionStore
 from sdk.errors import RegistryError, ReleaseRefused
-from sdk.manifest import ARTIFACT_KINDS
+from sdk.manifest import ARTIFACT_KINDS, load_manifest
 
 __all__ = [
     "KindCheck",
@@ -35,6 +39,7 @@ __all__ = [
     "ReleaseOutcome",
     "ReleasePipeline",
     "ReleasePolicy",
+    "ThresholdTarget",
     "release_accuracies",
 ]
 
@@ -52,6 +57,15 @@ def release_accuracies(lineage: Mapping[str, Any] | None, split: Mapping[str, in
     measured = {str(k): float(v) for k, v in (metrics.get("artifact_accuracy") or {}).items()}
     model = metrics.get("val_accuracy")
     return {k: measured.get(k, float(model)) for k in ARTIFACT_KINDS if k in measured or model is not None}
+
+
+@dataclass(frozen=True)
+class ThresholdTarget:
+    """Calibrate every released artifact's threshold against ``cloud`` (labels for rows) to reach ``accuracy``."""
+
+    cloud: Callable[[np.ndarray], CloudAnswers]
+    accuracy: float = 0.95
+    confidence_level: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -198,8 +212,12 @@ class ReleasePipeline:
         policy: ReleasePolicy | None = None,
         export: ExportConfig | None = None,
         channel: str = "stable",
+        thresholds: ThresholdTarget | None = None,
     ) -> None:
-        """Number and register through ``store`` (which needs a registry); measure on ``split``'s validation part."""
+        """Number and register through ``store`` (which needs a registry); measure on ``split``'s validation part.
+
+        With ``thresholds``, each artifact's edge-first threshold is calibrated on the validation part too.
+        """
         if store.registry is None:
             raise ValueError("a release pipeline needs a version store with a registry")
         self.store = store
@@ -208,6 +226,7 @@ class ReleasePipeline:
         self.policy = policy or ReleasePolicy()
         self.export = export or ExportConfig()
         self.channel = channel
+        self.thresholds = thresholds
 
     @classmethod
     def from_settings(cls, settings: FederationSettings, store: VersionStore, split: Split) -> ReleasePipeline:
@@ -252,6 +271,9 @@ class ReleasePipeline:
             decision = self.policy.decide(fleet, measured, baseline)
             metrics = {**(full.get("metrics") or {}), "artifact_accuracy": measured}
             full = {**full, "metrics": metrics, "release": decision.as_record()}
+            if self.thresholds is not None:
+                full["thresholds"] = self._calibrate(directory)
+                manifest = load_manifest(directory)
             stored = self.store.keep(directory, dataclasses.replace(manifest, lineage=full))
         if stored.registry_error is not None:
             return ReleaseOutcome(stored, decision, parent, released=False, error=stored.registry_error)
@@ -264,6 +286,38 @@ class ReleasePipeline:
             log.warning("%s v%d registered, its release failed: %s", self.store.model_name, stored.version, exc)
             return ReleaseOutcome(stored, decision, parent, released=False, error=f"{type(exc).__name__}: {exc}")
         return ReleaseOutcome(stored, decision, parent, released=True)
+
+    def _calibrate(self, directory: Path) -> dict[str, Any]:
+        """Write each artifact's threshold into the staged manifest; return what the lineage keeps."""
+        assert self.thresholds is not None
+        x, y = self.split.x_val, self.split.y_val
+        cloud = self.thresholds.cloud(x)
+        results = calibrate_thresholds(
+            directory,
+            x,
+            y,
+            cloud,
+            target_accuracy=self.thresholds.accuracy,
+            confidence_level=self.thresholds.confidence_level,
+            plot=False,
+        )
+        for r in results:
+            if not r.calibration.reached:
+                log.warning("%s: no threshold reaches %.4f with the guarantee", r.artifact, self.thresholds.accuracy)
+        return {
+            "cloud_model": {"name": cloud.model.name, "version": cloud.model.version},
+            "target_accuracy": self.thresholds.accuracy,
+            "bound": "clopper-pearson",
+            "artifacts": {
+                r.artifact: {
+                    "reached": r.calibration.reached,
+                    "threshold": r.calibration.threshold if r.written else None,
+                    "fallback_rate": round(r.calibration.fallback_rate, 5),
+                    "accuracy_lower": round(r.calibration.accuracy_lower, 5),
+                }
+                for r in results
+            },
+        }
 
     def _export_config(self, kinds: tuple[str, ...]) -> ExportConfig:
         """The export config that produces ``kinds`` (LiteRT only where litert-torch is installed)."""

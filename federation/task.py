@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 __all__ = [
+    "DEVICE_WIDTH",
     "INPUT_SHAPE",
     "LABELS",
     "MODEL_NAME",
+    "CloudCNN",
     "DigitsCNN",
     "Split",
     "accuracy",
@@ -35,6 +37,8 @@ __all__ = [
 MODEL_NAME = "digits"
 INPUT_SHAPE = (1, 8, 8)
 LABELS = tuple(str(d) for d in range(10))
+#: Width of the device tier's DigitsCNN (about 9k parameters, what a Raspberry Pi runs); the default 16 is federation's.
+DEVICE_WIDTH = 4
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,27 @@ class DigitsCNN(nn.Module):
             nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 4 * 4, 64), nn.ReLU(), nn.Linear(64, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of ``(N, 1, 8, 8)`` images."""
+        return self.head(self.features(x))
+
+
+class CloudCNN(nn.Module):
+    """The cloud tier: three 3x3 convolutions with batch norm, a dropout head; about 62k parameters, ~99% on digits."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+
+        def conv(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *conv(1, width), *conv(width, width), nn.MaxPool2d(2), *conv(width, 2 * width), nn.MaxPool2d(2)
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(2 * width * 2 * 2, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of ``(N, 1, 8, 8)`` images."""

@@ -34,6 +34,7 @@ __all__ = [
     "Artifact",
     "ArtifactKind",
     "Manifest",
+    "ModelRef",
     "Probe",
     "TensorSpec",
     "compact_input",
@@ -87,6 +88,21 @@ class Artifact:
     size: int
     accuracy: float | None = None
     precision: str = "float32"
+    #: Logits are divided by it before the softmax (fitted on the validation split); 1.0: not calibrated.
+    temperature: float = 1.0
+    #: Expected calibration error on the test split (15 equal-width bins) before and after the temperature.
+    ece_before: float | None = None
+    ece_after: float | None = None
+    #: This artifact's own edge-first threshold (``fedge calibrate``); None: the manifest's.
+    confidence_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model version by name, e.g. the cloud model a device's thresholds were calibrated against."""
+
+    name: str
+    version: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +129,8 @@ class Manifest:
     probe: Probe | None = None
     reference_accuracy: float | None = None
     confidence_threshold: float | None = None
+    #: The cloud model the thresholds were calibrated against.
+    cloud_model: ModelRef | None = None
     sparsity: float = 0.0
     created_at: str = ""
     lineage: Mapping[str, Any] = field(default_factory=dict)
@@ -129,9 +147,19 @@ class Manifest:
         files = {a.file: a.size for a in self.artifacts.values()}
         return {**files, self.probe.file: self.probe.size} if self.probe else files
 
-    def with_threshold(self, threshold: float) -> Manifest:
-        """A copy with a new confidence threshold."""
-        return replace(self, confidence_threshold=float(threshold))
+    def with_threshold(self, threshold: float, artifact: str | None = None) -> Manifest:
+        """A copy with a new confidence threshold: the manifest's, or one artifact's own."""
+        if artifact is None:
+            return replace(self, confidence_threshold=float(threshold))
+        if artifact not in self.artifacts:
+            raise KeyError(f"{self.name} v{self.version} has no {artifact} artifact")
+        changed = replace(self.artifacts[artifact], confidence_threshold=float(threshold))
+        return replace(self, artifacts={**self.artifacts, artifact: changed})
+
+    def threshold_for(self, artifact: str) -> float | None:
+        """The calibrated threshold of ``artifact``: its own, else the manifest's, else None."""
+        own = self.artifacts[artifact].confidence_threshold if artifact in self.artifacts else None
+        return self.confidence_threshold if own is None else own
 
     def to_json(self) -> str:
         """Serialise as stable, human-readable JSON."""
@@ -375,7 +403,32 @@ def _parse_artifact(f: _Fields, kind: str) -> Artifact:
         size=size,
         accuracy=f.get("accuracy", float, None),
         precision=f.get("precision", str, "float32"),
+        temperature=_positive(f, "temperature"),
+        ece_before=f.get("ece_before", float, None),
+        ece_after=f.get("ece_after", float, None),
+        confidence_threshold=_threshold(f),
     )
+
+
+def _positive(f: _Fields, key: str) -> float:
+    value = f.get(key, float, 1.0)
+    if value <= 0:
+        raise f._fail(key, "must be > 0")
+    return value
+
+
+def _threshold(f: _Fields) -> float | None:
+    threshold = f.get("confidence_threshold", float, None)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise f._fail("confidence_threshold", "must be within [0, 1]")
+    return threshold
+
+
+def _parse_model_ref(f: _Fields) -> ModelRef:
+    version = f.get("version", int)
+    if version < 0:
+        raise f._fail("version", "must be >= 0")
+    return ModelRef(name=f.get("name", str), version=version)
 
 
 def _parse_manifest(f: _Fields) -> Manifest:
@@ -398,9 +451,8 @@ def _parse_manifest(f: _Fields) -> Manifest:
     output_kind = f.get("output_kind", str, "logits")
     if output_kind not in ("logits", "probabilities"):
         raise f._fail("output_kind", "expected 'logits' or 'probabilities'")
-    threshold = f.get("confidence_threshold", float, None)
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise f._fail("confidence_threshold", "must be within [0, 1]")
+    threshold = _threshold(f)
+    cloud_model = _parse_model_ref(f.sub("cloud_model")) if f.get("cloud_model", dict, None) is not None else None
     version = f.get("version", int)
     if version < 0:
         raise f._fail("version", "must be >= 0")
@@ -415,6 +467,7 @@ def _parse_manifest(f: _Fields) -> Manifest:
         probe=probe,
         reference_accuracy=f.get("reference_accuracy", float, None),
         confidence_threshold=threshold,
+        cloud_model=cloud_model,
         sparsity=f.get("sparsity", float, 0.0),
         created_at=f.get("created_at", str, ""),
         lineage=f.get("lineage", dict, {}),

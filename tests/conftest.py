@@ -35,12 +35,22 @@ def digits_model(digits_split):
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, request) -> Path:
-    """A pruned (50%) model directory with fp32 ONNX, int8 ONNX and int8 LiteRT artifacts."""
+    """The device tier: a small CNN pruned (50%), with fp32 ONNX, int8 ONNX and int8 LiteRT artifacts."""
     out = tmp_path_factory.mktemp("models") / reference_model.MODEL_DIR
     if PREBUILT:
         return reference_model.copy_model(Path(PREBUILT), out)
     model, split = request.getfixturevalue("digits_model"), request.getfixturevalue("digits_split")
     return reference_model.build(model, split, out)
+
+
+@pytest.fixture(scope="session")
+def cloud_model_dir(tmp_path_factory, request) -> Path:
+    """The cloud tier: a larger CNN, fp32 ONNX only, served under the device model's name."""
+    out = tmp_path_factory.mktemp("models") / reference_model.CLOUD_MODEL_DIR
+    if PREBUILT:
+        return reference_model.copy_model(Path(PREBUILT), out, reference_model.CLOUD_MODEL_DIR)
+    split = request.getfixturevalue("digits_split")
+    return reference_model.build_cloud(reference_model.train_cloud(split), split, out)
 
 
 @pytest.fixture

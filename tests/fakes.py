@@ -78,7 +78,10 @@ def logits(labels: Sequence[int], confidence: Sequence[float], classes: int = 10
 
 
 def with_backend(model_dir: Path, backend: Backend, config: EdgeConfig | None = None) -> LoadedModel:
-    """The verified model directory, its manifest and input policy, served by ``backend`` instead of its engine."""
+    """The verified model directory, its manifest and input policy, served by ``backend`` instead of its engine.
+
+    The artifact's temperature is 1: a fake engine's logits give exactly the confidences the test wrote.
+    """
     loaded = load_model(model_dir, config or EdgeConfig())
     loaded.close()
-    return dataclasses.replace(loaded, backend=backend)
+    return dataclasses.replace(loaded, backend=backend, artifact=dataclasses.replace(loaded.artifact, temperature=1.0))

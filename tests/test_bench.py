@@ -108,3 +108,21 @@ def test_delta_benchmark_produces_its_figures(model_dir):
     assert 0 < report["patch_bytes"] < report["artifact_bytes"]
     assert report["delta_update_bytes"] < report["full_update_bytes"]
     assert set(report["meets_targets"]) == {"delta_bytes_ratio"}
+
+
+def test_cascade_benchmark_produces_its_figures(model_dir, cloud_model_dir):
+    from bench import cascade
+
+    report = cascade.run(Progress(time.time()), quick=True, model_dir=model_dir, cloud_model_dir=cloud_model_dir)
+
+    for key in ("edge_accuracy", "cloud_accuracy", "cascade_accuracy"):
+        assert 0.9 < report[key] <= 1.0, (key, report)
+    assert report["cloud_accuracy"] > report["edge_accuracy"]
+    assert report["cascade_accuracy"] > report["edge_accuracy"]  # the cloud's answers were used
+    assert 0.0 < report["fallback_rate"] < 0.5
+    gap = 100 * (report["cloud_accuracy"] - report["cascade_accuracy"])
+    assert abs(report["cascade_gap_pt"] - gap) <= 0.02  # from unrounded accuracies
+    assert 0.0 <= report["ece_after"] < report["ece_before"] < 0.2
+    assert report["calibration_reached"]
+    assert report["degraded_rows"] == 0
+    assert set(report["meets_targets"]) == {"cascade_gap_pt", "fallback_rate", "ece_after", "cloud_over_edge_pt"}

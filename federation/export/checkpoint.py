@@ -9,13 +9,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from federation.task import DigitsCNN
+from federation.task import DEVICE_WIDTH, CloudCNN, DigitsCNN
 from sdk.errors import ExportError
 
 __all__ = ["ARCHITECTURES", "load_checkpoint", "save_checkpoint"]
 
 #: Architectures a checkpoint may name; a checkpoint carries weights, never code.
-ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"digits-cnn": DigitsCNN}
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
+    "digits-cnn": DigitsCNN,
+    "digits-cnn-small": lambda: DigitsCNN(width=DEVICE_WIDTH),
+    "digits-cloud-cnn": CloudCNN,
+}
 
 
 def save_checkpoint(

@@ -1,9 +1,11 @@
-"""From a trained torch model to a verified model directory: prune, export, quantize, gate, manifest.
+"""From a trained torch model to a verified model directory: prune, export, quantize, gate, calibrate, manifest.
 
 Every artifact is measured on the held-out test split through the same engine a
 device uses (``sdk.backends``), and the export fails without writing
 anything when an int8 or pruned artifact falls more than ``max_accuracy_drop_pt``
-points below the unpruned fp32 model.
+points below the unpruned fp32 model. Each artifact's temperature is fitted on the
+validation split's logits and recorded in the manifest, with the expected calibration
+error on the test split (15 equal-width bins) before and after it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import numpy as np
 from torch import nn
 
 from federation.export.pruning import prune_magnitude, sparsity
+from federation.export.temperature import fit_temperature
 from federation.export.to_onnx import export_onnx, quantize_int8
 from federation.export.to_tflite import export_tflite, tflite_available
 from federation.task import LABELS, MODEL_NAME, Split, accuracy, predict_logits, train
 from sdk.backends import open_backend
+from sdk.confidence import confidences, expected_calibration_error
 from sdk.config import check, load_section
 from sdk.errors import AccuracyGateFailed, ExportError
 from sdk.manifest import PROBE_FILE, Artifact, Manifest, Probe, TensorSpec, compact_input, file_digest, write_probe
@@ -74,6 +78,9 @@ class ArtifactFile:
     file: str
     precision: str
     accuracy: float | None = None
+    temperature: float = 1.0
+    ece_before: float | None = None
+    ece_after: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +126,15 @@ def build_model_dir(
     for a in artifacts:
         sha, size = file_digest(directory / a.file)
         entries[a.kind] = Artifact(
-            kind=a.kind, file=a.file, sha256=sha, size=size, accuracy=a.accuracy, precision=a.precision
+            kind=a.kind,
+            file=a.file,
+            sha256=sha,
+            size=size,
+            accuracy=a.accuracy,
+            precision=a.precision,
+            temperature=a.temperature,
+            ece_before=a.ece_before,
+            ece_after=a.ece_after,
         )
     manifest = Manifest(
         name=name,
@@ -136,6 +151,25 @@ def build_model_dir(
     )
     manifest.write(directory)
     return manifest
+
+
+def _measure(directory: Path, f: ArtifactFile, split: Split, step: StepCallback) -> ArtifactFile:
+    """``f`` with its test accuracy, its temperature and its calibration error before and after it."""
+    test = run_artifact(directory / f.file, f.kind, split.x_test)
+    temperature = fit_temperature(run_artifact(directory / f.file, f.kind, split.x_val), split.y_val)
+    right = test.argmax(axis=1) == split.y_test
+    before = expected_calibration_error(confidences(test, "logits").max(axis=1), right)
+    after = expected_calibration_error(confidences(test, "logits", temperature).max(axis=1), right)
+    step(f"{f.kind}: temperature {temperature:.3f}, test ECE (15 bins) {before:.4f} -> {after:.4f}")
+    return ArtifactFile(
+        f.kind,
+        f.file,
+        f.precision,
+        accuracy(test, split.y_test),
+        temperature=round(temperature, 6),
+        ece_before=round(before, 6),
+        ece_after=round(after, 6),
+    )
 
 
 def export_model(
@@ -191,11 +225,8 @@ def export_model(
             export_tflite(model, calibration, work / "model.tflite", int8=tflite_mode == "int8")
             files.append(ArtifactFile("tflite", "model.tflite", tflite_mode))
 
-        step("measuring every artifact on the test split")
-        measured = []
-        for f in files:
-            acc = accuracy(run_artifact(work / f.file, f.kind, split.x_test), split.y_test)
-            measured.append(ArtifactFile(f.kind, f.file, f.precision, acc))
+        step("measuring every artifact on the test split, fitting its temperature on the validation split")
+        measured = [_measure(work, f, split, step) for f in files]
         for f in measured:
             gated = f.precision != "float32" or config.sparsity > 0
             if gated and (reference - f.accuracy) * 100 > config.max_accuracy_drop_pt:

@@ -1,144 +1,182 @@
-"""``fedge calibrate``: choose the edge-first confidence threshold on the validation split."""
+"""``fedge calibrate``: per-artifact edge-first thresholds with a guarantee, against the cloud model served.
+
+By default the held-out rows (the validation split) go to the cloud workers serving the model
+over MQTT (``--broker``, else the ``[mqtt]`` broker); ``--cloud-model-dir`` calibrates offline on
+a cloud model directory instead. The bound is the one-sided Clopper-Pearson (exact binomial) lower bound.
+Exit status: 0 every artifact reached the target; 1 some did not (their previous threshold is kept);
+2 a Fedge error (e.g. no cloud answered).
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 from rich.table import Table
 
-from sdk.cli.console import console, progress
+from sdk.cli.console import console
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
-
-    from sdk.edge import EdgeRuntime
+    from federation.export.thresholds import ArtifactThreshold, CloudAnswers
 
 __all__ = ["register"]
 
-#: The artifact the cloud's inference service runs; fallen-back answers come from it.
-CLOUD_ARTIFACT = "onnx-fp32"
-
-ModelDirOpt = Annotated[Path, typer.Option("--model-dir", "-m", help="Model directory holding manifest.json.")]
+ModelDirOpt = Annotated[Path, typer.Option("--model-dir", "-m", help="Device model directory holding manifest.json.")]
 
 
 def calibrate(
     model_dir: ModelDirOpt,
     target_accuracy: Annotated[
         float, typer.Option("--target-accuracy", help="End-to-end accuracy to reach, in (0, 1].")
-    ] = 0.99,
+    ] = 0.95,
     confidence_level: Annotated[
         float,
-        typer.Option("--confidence-level", help="Reach the target with this confidence (Wilson bound); 0 = off."),
+        typer.Option("--confidence-level", help="Reach the target with this confidence (Clopper-Pearson); 0 = off."),
     ] = 0.95,
     artifact: Annotated[
-        str, typer.Option(help="Artifact kind the device runs, e.g. onnx-int8 or tflite.")
-    ] = "onnx-int8",
+        list[str] | None, typer.Option(help="Artifact kind to calibrate (repeat; default: every one in the manifest).")
+    ] = None,
+    broker: Annotated[
+        str | None, typer.Option(help="Ask the cloud workers behind this broker HOST:PORT (default: \\[mqtt]).")
+    ] = None,
+    cloud_model: Annotated[
+        str | None, typer.Option("--cloud-model", help="Model name to ask the cloud for (default: the manifest's).")
+    ] = None,
     cloud_model_dir: Annotated[
         Path | None,
-        typer.Option("--cloud-model-dir", help="The model the cloud serves (default: this directory's fp32 artifact)."),
+        typer.Option("--cloud-model-dir", help="Offline: run this cloud model directory here instead of asking."),
     ] = None,
-    write: Annotated[bool, typer.Option("--write/--no-write", help="Store the threshold in manifest.json.")] = True,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", help="Wait this long for each cloud answer.")] = 30.0,
+    write: Annotated[bool, typer.Option("--write/--no-write", help="Store reached thresholds in the manifest.")] = True,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw calibration-<artifact>.png beside it.")] = True,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="fedge.toml with an \\[mqtt] table.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data split.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
-    """Choose the confidence threshold below which the device asks the cloud, on the validation split."""
+    """Choose each artifact's confidence threshold below which the device asks the cloud, with a guarantee."""
+    from federation.export.thresholds import ask_served_cloud, calibrate_thresholds, run_cloud_model_dir
     from federation.task import load_split
-    from sdk.edge import EdgeConfig, EdgeRuntime
-    from sdk.edge.calibration import calibrate as choose
+    from sdk.manifest import load_manifest
+    from sdk.mqtt import MqttSettings, parse_address
 
     if not 0.0 < target_accuracy <= 1.0:
         raise typer.BadParameter(f"must be within (0, 1], got {target_accuracy}", param_hint="--target-accuracy")
     if not 0.0 <= confidence_level < 1.0:
         raise typer.BadParameter(f"must be within [0, 1), got {confidence_level}", param_hint="--confidence-level")
     level = confidence_level or None
+    manifest = load_manifest(model_dir)
+    unknown = [k for k in artifact or () if k not in manifest.artifacts]
+    if unknown:
+        raise typer.BadParameter(f"{model_dir} has no {', '.join(unknown)} artifact", param_hint="--artifact")
 
     split = load_split(seed)
     x, y = split.x_val, split.y_val
-    with progress() as bar:
-        with EdgeRuntime.from_model_dir(model_dir, EdgeConfig(artifacts=(artifact,))) as rt:
-            manifest = rt.manifest
-            edge_labels, edge_conf = _run(rt, x, bar, f"edge {artifact}")
-        with EdgeRuntime.from_model_dir(cloud_model_dir or model_dir, EdgeConfig(artifacts=(CLOUD_ARTIFACT,))) as rt:
-            cloud_labels, _ = _run(rt, x, bar, f"cloud {CLOUD_ARTIFACT}")
-    result = choose(edge_conf, edge_labels == y, cloud_labels == y, target_accuracy, confidence_level=level)
-    written = manifest.with_threshold(result.threshold).write(model_dir) if write else None
-
+    if cloud_model_dir is not None:
+        cloud = run_cloud_model_dir(cloud_model_dir, x)
+    else:
+        settings = MqttSettings.load(config)
+        if broker:
+            host, port = parse_address(broker)
+            settings = replace(settings, host=host, port=port)
+        with console.status(f"asking the cloud at {settings.host}:{settings.port} for {len(y)} held-out rows"):
+            cloud = ask_served_cloud(settings, cloud_model or manifest.name, x, timeout_s=timeout_s)
+    results = calibrate_thresholds(
+        model_dir,
+        x,
+        y,
+        cloud,
+        target_accuracy=target_accuracy,
+        confidence_level=level,
+        artifacts=artifact,
+        write=write,
+        plot=plot,
+    )
+    reached = all(r.calibration.reached for r in results)
     if as_json:
-        payload = {
-            "model": manifest.name,
-            "version": manifest.version,
-            "artifact": artifact,
-            "cloud_artifact": CLOUD_ARTIFACT,
-            "samples": len(y),
-            "target_accuracy": result.target_accuracy,
-            "confidence_level": level,
-            "reached": result.reached,
-            "threshold": result.threshold,
-            "accuracy": result.accuracy,
-            "accuracy_lower": result.accuracy_lower,
-            "fallback_rate": result.fallback_rate,
-            "edge_accuracy": result.edge_accuracy,
-            "cloud_accuracy": result.cloud_accuracy,
-            "manifest": str(written) if written else None,
-            "curve": [
-                {
-                    "threshold": p.threshold,
-                    "fallback_rate": p.fallback_rate,
-                    "accuracy": p.accuracy,
-                    "accuracy_lower": p.accuracy_lower,
-                }
-                for p in result.curve
-            ],
-        }
         # typer.echo, not rich: rich would wrap long lines (paths) and break the JSON.
-        typer.echo(json.dumps(payload, indent=2))
-        return
+        typer.echo(json.dumps(_payload(model_dir, manifest, cloud, results, len(y), target_accuracy, level), indent=2))
+    else:
+        _show(manifest, cloud, results, len(y), level)
+    if not reached:
+        raise typer.Exit(code=1)
 
-    table = Table(
-        title=f"{manifest.name} v{manifest.version}: {artifact} on the edge, {CLOUD_ARTIFACT} in the cloud, "
-        f"{len(y)} validation samples"
-    )
-    columns = ["", "threshold", "fallback %", "accuracy %"] + ([f"{100 * level:g}% lower bound %"] if level else [])
-    for col in columns:
-        table.add_column(col, justify="right")
-    for p in result.curve:
-        chosen = p.threshold == result.threshold
-        row = ["->" if chosen else "", f"{p.threshold:.4f}", f"{100 * p.fallback_rate:.1f}", f"{100 * p.accuracy:.2f}"]
-        if level:
-            row.append(f"{100 * p.accuracy_lower:.2f}")
-        table.add_row(*row, style="bold green" if chosen else None)
-    console.print(table)
-    console.print(
-        f"edge alone {result.edge_accuracy:.2%}, cloud alone {result.cloud_accuracy:.2%}; "
-        f"threshold {result.threshold:.6g}: {result.accuracy:.2%} end to end "
-        + (f"(lower bound {result.accuracy_lower:.2%}) " if level else "")
-        + f"with {result.fallback_rate:.1%} of answers from the cloud"
-    )
-    if not result.reached:
-        what = "lower bound" if level else "accuracy"
-        console.print(
-            f"[bold yellow]target {result.target_accuracy:.2%} not reached[/]: the best {what} is "
-            f"{result.accuracy_lower:.2%}; chose the most accurate threshold instead"
+
+def _payload(model_dir: Path, manifest, cloud: CloudAnswers, results: list[ArtifactThreshold], n, target, level):
+    written = any(r.written for r in results)
+    return {
+        "model": manifest.name,
+        "version": manifest.version,
+        "cloud": {"name": cloud.model.name, "version": cloud.model.version, "source": cloud.source},
+        "samples": n,
+        "target_accuracy": target,
+        "confidence_level": level,
+        "bound": "clopper-pearson" if level else None,
+        "reached": all(r.calibration.reached for r in results),
+        "manifest": str(model_dir / "manifest.json") if written else None,
+        "artifacts": {
+            r.artifact: {
+                "reached": r.calibration.reached,
+                "threshold": r.calibration.threshold,
+                "previous_threshold": r.previous,
+                "written": r.written,
+                "accuracy": r.calibration.accuracy,
+                "accuracy_lower": r.calibration.accuracy_lower,
+                "fallback_rate": r.calibration.fallback_rate,
+                "edge_accuracy": r.calibration.edge_accuracy,
+                "cloud_accuracy": r.calibration.cloud_accuracy,
+                "plot": str(r.plot) if r.plot else None,
+                "curve": [
+                    {
+                        "threshold": p.threshold,
+                        "fallback_rate": p.fallback_rate,
+                        "accuracy": p.accuracy,
+                        "accuracy_lower": p.accuracy_lower,
+                    }
+                    for p in r.calibration.curve
+                ],
+            }
+            for r in results
+        },
+    }
+
+
+def _show(manifest, cloud: CloudAnswers, results: list[ArtifactThreshold], n: int, level: float | None) -> None:
+    for r in results:
+        c = r.calibration
+        table = Table(
+            title=f"{manifest.name} v{manifest.version}: {r.artifact} on the edge, "
+            f"{cloud.model.name} v{cloud.model.version} in the cloud ({cloud.source}), {n} held-out samples"
         )
-    if written:
-        console.print(f"wrote confidence_threshold {result.threshold!r} to {written}")
-
-
-def _run(rt: EdgeRuntime, x: np.ndarray, bar: Progress, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted labels and top-class confidences of ``x``, in batches the runtime accepts."""
-    task = bar.add_task(label, total=len(x))
-    labels, conf = [], []
-    step = rt.config.max_batch_size
-    for i in range(0, len(x), step):
-        result = rt.predict(x[i : i + step])
-        labels.append(result.labels)
-        conf.append(result.confidences)
-        bar.advance(task, len(result.labels))
-    return np.concatenate(labels), np.concatenate(conf)
+        columns = ["", "threshold", "fallback %", "accuracy %"] + ([f"{100 * level:g}% lower bound %"] if level else [])
+        for col in columns:
+            table.add_column(col, justify="right")
+        for p in c.curve:
+            chosen = p.threshold == c.threshold
+            row = ["->" if chosen else "", f"{p.threshold:.4f}", f"{100 * p.fallback_rate:.1f}"]
+            row.append(f"{100 * p.accuracy:.2f}")
+            if level:
+                row.append(f"{100 * p.accuracy_lower:.2f}")
+            table.add_row(*row, style="bold green" if chosen else None)
+        console.print(table)
+        console.print(
+            f"edge alone {c.edge_accuracy:.2%}, cloud alone {c.cloud_accuracy:.2%}; "
+            f"threshold {c.threshold:.6g}: {c.accuracy:.2%} end to end "
+            + (f"(Clopper-Pearson lower bound {c.accuracy_lower:.2%}) " if level else "")
+            + f"with {c.fallback_rate:.1%} of answers from the cloud"
+        )
+        if not c.reached:
+            what = "lower bound" if level else "accuracy"
+            console.print(
+                f"[bold red]{r.artifact}: target {c.target_accuracy:.2%} not reached[/]: the best {what} is "
+                f"{c.accuracy_lower:.2%}; kept the previous threshold {r.previous}"
+            )
+        elif r.written:
+            console.print(f"wrote {r.artifact} confidence_threshold {c.threshold!r} (was {r.previous})")
+        if r.plot:
+            console.print(f"curve: {r.plot}")
 
 
 def register(app: typer.Typer) -> None:

@@ -24,7 +24,11 @@ cloud_app = typer.Typer(help="Run the cloud side: MQTT inference workers and the
 
 ModelDirsOpt = Annotated[
     list[Path] | None,
-    typer.Option("--model-dir", "-m", help="Model directory to serve (repeat for several models)."),
+    typer.Option(
+        "--model-dir",
+        "-m",
+        help="Model directory to serve: the cloud tier (e.g. models/digits-cloud; repeat for several models).",
+    ),
 ]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="fedge.toml with \\[cloud] and \\[mqtt] tables.")

@@ -23,21 +23,29 @@ def train(
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 15,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
     seed: Annotated[int, typer.Option(help="Seed of the split, the weights and the shuffling.")] = 0,
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="digits-cnn (federation's), digits-cnn-small (the device tier) or digits-cloud-cnn (the cloud tier)."
+        ),
+    ] = "digits-cnn",
 ) -> None:
-    """Train the reference digits CNN and save a checkpoint."""
-    from federation.export import save_checkpoint
-    from federation.task import DigitsCNN, evaluate, load_split, set_seed
+    """Train a reference digits network and save a checkpoint."""
+    from federation.export import ARCHITECTURES, save_checkpoint
+    from federation.task import evaluate, load_split, set_seed
     from federation.task import train as fit
 
+    if arch not in ARCHITECTURES:
+        raise typer.BadParameter(f"known: {', '.join(ARCHITECTURES)}", param_hint="--arch")
     split = load_split(seed)
     set_seed(seed)
-    model = DigitsCNN()
+    model = ARCHITECTURES[arch]()
     with progress() as bar:
-        task = bar.add_task("training digits-cnn", total=epochs)
+        task = bar.add_task(f"training {arch}", total=epochs)
         fit(model, split.x_train, split.y_train, epochs=epochs, lr=lr, seed=seed, on_epoch=lambda *_: bar.advance(task))
     _, acc = evaluate(model, split.x_test, split.y_test)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out, arch="digits-cnn", metrics={"test_accuracy": acc})
+    save_checkpoint(model, out, arch=arch, metrics={"test_accuracy": acc})
     console.print(f"saved {out} (test accuracy {acc:.4f})")
 
 
@@ -49,6 +57,9 @@ def export(
     sparsity: Annotated[float | None, typer.Option(help="Prune this fraction of weights (0 = off).")] = None,
     max_drop: Annotated[float | None, typer.Option("--max-drop", help="Accuracy gate, in points.")] = None,
     tflite: Annotated[str | None, typer.Option(help="auto, int8, float32 or off.")] = None,
+    int8: Annotated[
+        bool | None, typer.Option("--int8/--no-int8", help="Quantize to int8 ONNX (the cloud tier: no).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the data split.")] = 0,
 ) -> None:
@@ -59,7 +70,13 @@ def export(
     from federation.task import load_split
 
     cfg = ExportConfig.load(config)
-    overrides = {"version": version, "sparsity": sparsity, "max_accuracy_drop_pt": max_drop, "tflite": tflite}
+    overrides = {
+        "version": version,
+        "sparsity": sparsity,
+        "max_accuracy_drop_pt": max_drop,
+        "tflite": tflite,
+        "int8": int8,
+    }
     cfg = replace(cfg, overwrite=overwrite or cfg.overwrite, **{k: v for k, v in overrides.items() if v is not None})
     model, _ = load_checkpoint(checkpoint)
     with progress() as bar:
@@ -69,10 +86,12 @@ def export(
         )
         bar.update(task, description="export done", total=1, completed=1)
     table = Table(title=f"{manifest.name} v{manifest.version} -> {model_dir}")
-    for col in ("artifact", "file", "precision", "size (KiB)", "test accuracy"):
-        table.add_column(col)
+    for col in ("artifact", "precision", "KiB", "test accuracy", "temperature", "test ECE, 15 bins"):
+        table.add_column(col, no_wrap=col == "artifact")
     for a in manifest.artifacts.values():
-        table.add_row(a.kind, a.file, a.precision, f"{a.size / 1024:.1f}", f"{a.accuracy:.4f}")
+        ece = f"{a.ece_before:.4f} -> {a.ece_after:.4f}" if a.ece_before is not None else "-"
+        row = [a.kind, a.precision, f"{a.size / 1024:.1f}", f"{a.accuracy:.4f}", f"{a.temperature:.3f}", ece]
+        table.add_row(*row)
     console.print(table)
     console.print(f"fp32 reference accuracy {manifest.reference_accuracy:.4f}, sparsity {manifest.sparsity:.0%}")
 
@@ -134,12 +153,16 @@ def info(model_dir: ModelDirOpt) -> None:
         f"labels {', '.join(m.labels) or '-'}   sparsity {m.sparsity:.0%}   threshold {m.confidence_threshold}"
     )
     table = Table()
-    for col in ("artifact", "file", "precision", "size (KiB)", "accuracy", "sha256"):
-        table.add_column(col)
+    for col in ("artifact", "precision", "KiB", "accuracy", "T", "threshold", "sha256"):
+        table.add_column(col, no_wrap=col == "artifact")
     for a in m.artifacts.values():
         acc = "-" if a.accuracy is None else f"{a.accuracy:.4f}"
-        table.add_row(a.kind, a.file, a.precision, f"{a.size / 1024:.1f}", acc, a.sha256[:16])
+        threshold = m.threshold_for(a.kind)
+        shown = "-" if threshold is None else f"{threshold:.4g}"
+        table.add_row(a.kind, a.precision, f"{a.size / 1024:.1f}", acc, f"{a.temperature:.3f}", shown, a.sha256[:16])
     console.print(table)
+    if m.cloud_model:
+        console.print(f"thresholds calibrated against the cloud's {m.cloud_model.name} v{m.cloud_model.version}")
     if m.lineage:
         console.print(f"lineage {json.dumps(dict(m.lineage), sort_keys=True)}")
     console.print(f"onnxruntime providers: {', '.join(available_providers()) or 'not installed'}")

@@ -1,10 +1,14 @@
-"""Calibrate the ``edge-first`` confidence threshold on labelled validation data.
+"""Calibrate the ``edge-first`` confidence threshold on labelled held-out data, with a guarantee.
 
 Under ``edge-first`` a device keeps its own answer when the top-class confidence is at
-least the threshold and asks the cloud (the fp32 model) otherwise. Given each validation
+least the threshold and asks the cloud (the cloud tier's model) otherwise. Given each held-out
 sample's edge confidence and whether the edge and the cloud answered it correctly,
 :func:`calibrate` finds the threshold with the least cloud traffic whose end-to-end
-accuracy (or its one-sided Wilson lower bound) reaches a target. Pure numpy, no I/O.
+accuracy reaches a target with the given confidence: the one-sided **Clopper-Pearson**
+(exact binomial) lower bound of the end-to-end accuracy at ``confidence_level`` must reach the
+target. The bound treats the held-out rows as independent draws of the traffic to come; it
+holds for the chosen threshold, not uniformly over all of them. Pure numpy, no I/O (the
+edge installs no scipy: the binomial tail is summed here).
 """
 
 from __future__ import annotations
@@ -12,11 +16,10 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["Calibration", "CurvePoint", "calibrate", "wilson_lower"]
+__all__ = ["Calibration", "CurvePoint", "calibrate", "clopper_pearson_lower"]
 
 _CURVE_STEPS = 21
 # Accuracies are ratios of integers; this absorbs rounding so that e.g. 99/100 reaches 0.99.
@@ -48,14 +51,18 @@ class Calibration:
     curve: tuple[CurvePoint, ...]
 
 
-def wilson_lower(successes: int, n: int, confidence_level: float) -> float:
-    """One-sided Wilson score lower bound of a success rate at ``confidence_level`` (e.g. 0.95)."""
+def clopper_pearson_lower(successes: int, n: int, confidence_level: float) -> float:
+    """One-sided Clopper-Pearson lower bound of a success rate at ``confidence_level`` (e.g. 0.95).
+
+    The p at which ``successes`` or more of ``n`` has probability ``1 - confidence_level``
+    (0 when there are no successes); the Beta(1 - level; k, n - k + 1) quantile.
+    """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if not 0 <= successes <= n:
         raise ValueError(f"successes must be within 0..{n}, got {successes}")
     _check_level(confidence_level)
-    return float(_wilson_lower(np.asarray([successes], dtype=np.float64), n, _z(confidence_level))[0])
+    return _cp_lower(int(successes), n, 1.0 - confidence_level)
 
 
 def calibrate(
@@ -69,11 +76,13 @@ def calibrate(
     """Choose the ``edge-first`` threshold with the smallest fallback rate that reaches ``target_accuracy``.
 
     Answers with ``confidence >= threshold`` stay on the edge; the rest go to the cloud. The
-    accuracy compared with the target is the one-sided Wilson lower bound at
+    accuracy compared with the target is the one-sided Clopper-Pearson lower bound at
     ``confidence_level``, or the point estimate when ``confidence_level`` is None. When no
     threshold reaches the target, the most accurate one (then the least fallback) is chosen
     and ``reached`` is False. The threshold returned lies midway between two neighbouring
-    observed confidences (0.0 means never fall back), so it does not sit on a sample value.
+    observed confidences, so it does not sit on a sample value; with no fallback needed it lies
+    halfway below the least confident sample, so that a device still asks the cloud when less
+    sure than anything seen (it is 0.0 only when a sample had confidence 0).
     A confidence of exactly 1.0 can never fall back, since thresholds are at most 1.
 
     Raises:
@@ -93,16 +102,21 @@ def calibrate(
     always = [n] if conf[-1] < 1.0 else []
     k = np.concatenate(([0], starts, always)).astype(np.int64)
     lo = np.concatenate(([0.0], conf[starts - 1], conf[-1:] if always else []))
-    hi = np.concatenate(([0.0], conf[starts], [1.0] if always else []))
+    hi = np.concatenate((conf[:1], conf[starts], [1.0] if always else []))
     thresholds = _midpoints(lo, hi, conf.dtype)
-    thresholds[0] = 0.0
 
     correct = cum_cloud[k] + (cum_edge[-1] - cum_edge[k])
     accuracy = correct / n
     fallback = k / n
-    lower = accuracy if confidence_level is None else _wilson_lower(correct, n, _z(confidence_level))
+    if confidence_level is None:
+        lower = accuracy
+        ok = np.flatnonzero(accuracy >= target_accuracy - _EPS)
+    else:
+        # lower bound >= target  <=>  P(X >= correct | p = target) <= alpha, since that tail grows with p.
+        alpha = 1.0 - confidence_level
+        ok = np.flatnonzero((_binomial_tail(n, target_accuracy)[correct] <= alpha * (1 + 1e-9)) & (correct > 0))
+        lower = _LazyBounds(correct, n, alpha)
 
-    ok = np.flatnonzero(lower >= target_accuracy - _EPS)
     reached = ok.size > 0
     chosen = int(ok[0]) if reached else int(np.argmax(correct))
 
@@ -141,16 +155,43 @@ def _midpoints(lo: np.ndarray, hi: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.where(ok, mid, hi)
 
 
-def _z(confidence_level: float) -> float:
-    return NormalDist().inv_cdf(confidence_level)
+class _LazyBounds:
+    """Clopper-Pearson bounds computed only where asked: the chosen point and the shown curve."""
+
+    def __init__(self, successes: np.ndarray, n: int, alpha: float) -> None:
+        self.successes, self.n, self.alpha = successes, n, alpha
+
+    def __getitem__(self, i: int) -> float:
+        return _cp_lower(int(self.successes[i]), self.n, self.alpha)
 
 
-def _wilson_lower(successes: np.ndarray, n: int, z: float) -> np.ndarray:
-    p = successes / n
-    z2n = z * z / n
-    centre = p + z2n / 2.0
-    margin = z * np.sqrt(p * (1.0 - p) / n + z2n / (4.0 * n))
-    return np.clip((centre - margin) / (1.0 + z2n), 0.0, 1.0)
+def _binomial_tail(n: int, p: float) -> np.ndarray:
+    """P(X >= k) for X ~ Binomial(n, p), for every k in 0..n (and 0.0 at k = n + 1)."""
+    if p >= 1.0:
+        return np.concatenate((np.ones(n + 1), [0.0]))
+    if p <= 0.0:
+        return np.concatenate(([1.0], np.zeros(n + 1)))
+    j = np.arange(n + 1)
+    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, n + 1)))))
+    log_pmf = log_fact[n] - log_fact[j] - log_fact[n - j] + j * np.log(p) + (n - j) * np.log1p(-p)
+    tail = np.cumsum(np.exp(log_pmf)[::-1])[::-1]
+    return np.concatenate((np.minimum(tail, 1.0), [0.0]))
+
+
+def _cp_lower(successes: int, n: int, alpha: float) -> float:
+    """The p in [0, successes / n] with P(X >= successes | p) = alpha, by bisection (the tail grows with p)."""
+    if successes == 0:
+        return 0.0
+    if successes == n:
+        return float(alpha ** (1.0 / n))  # closed form: p^n = alpha
+    lo, hi = 0.0, successes / n
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        if _binomial_tail(n, mid)[successes] < alpha:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _check_level(confidence_level: float) -> None:

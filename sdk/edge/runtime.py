@@ -154,7 +154,9 @@ class EdgeRuntime:
     def confidence_threshold(self) -> float:
         """The threshold below which ``edge-first`` asks the cloud."""
         model = self._model
-        return resolve_threshold(self._config.confidence_threshold, model and model.manifest.confidence_threshold)
+        return resolve_threshold(
+            self._config.confidence_threshold, model and model.manifest.threshold_for(model.artifact.kind)
+        )
 
     def predict(self, x: object) -> Prediction | BatchPrediction:
         """Answer one sample (a :class:`Prediction`) or a batch (a :class:`BatchPrediction`).
@@ -217,7 +219,7 @@ class EdgeRuntime:
             has_local=model is not None,
             rows=len(batch) if model is not None else None,
             threshold=resolve_threshold(
-                self._config.confidence_threshold, model and model.manifest.confidence_threshold
+                self._config.confidence_threshold, model and model.manifest.threshold_for(model.artifact.kind)
             ),
             deadline_s=self._config.deadline_ms / 1000.0,
             local_s=self._local_s,
@@ -233,9 +235,8 @@ class EdgeRuntime:
                 except BackendError as exc:
                     call.local = LocalFailed(exc)
                     continue
-                if action.score:
-                    probs = confidences(outputs, model.manifest.output_kind)
-                call.local = LocalRan(outputs.shape, None if probs is None else probs.max(axis=1))
+                probs = confidences(outputs, model.manifest.output_kind, model.artifact.temperature)
+                call.local = LocalRan(outputs.shape, probs.max(axis=1) if action.score else None)
             elif isinstance(action, AskCloud):
                 assert cloud is not None
                 if isinstance(call.local, LocalFailed):

@@ -1,4 +1,4 @@
-"""Threshold calibration: hand-checked choices, the Wilson bound, bad input, and ``fedge calibrate``."""
+"""Threshold calibration: hand-checked choices, the Clopper-Pearson bound, bad input, and ``fedge calibrate``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from extras import needs
 
-from sdk.edge.calibration import Calibration, calibrate, wilson_lower
+from sdk.edge.calibration import Calibration, calibrate, clopper_pearson_lower
 
 # Ten samples; the two least confident are wrong on the edge and right in the cloud.
 CONF = np.array([0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.9, 0.95], dtype=np.float32)
@@ -48,13 +48,14 @@ def test_partial_target_needs_only_one_fallback():
     assert end_to_end(CONF, EDGE, CLOUD, result.threshold) == (pytest.approx(0.9), pytest.approx(0.1))
 
 
-def test_no_fallback_needed_gives_threshold_zero():
+def test_no_fallback_needed_keeps_fallback_on_below_the_least_confident_sample():
     result = calibrate(CONF, np.ones(10, bool), np.zeros(10, bool), 0.99, confidence_level=None)
 
     assert result.reached
-    assert result.threshold == 0.0
+    assert result.threshold == pytest.approx(0.075)  # halfway below 0.15: never 0.0, which turns fallback off
     assert result.fallback_rate == 0.0
     assert result.accuracy == 1.0
+    assert end_to_end(CONF, np.ones(10, bool), np.zeros(10, bool), result.threshold) == (1.0, 0.0)
 
 
 def test_unreachable_target_chooses_the_most_accurate_threshold_with_least_fallback():
@@ -76,7 +77,7 @@ def test_unreachable_ties_prefer_the_least_fallback():
     result = calibrate(CONF, EDGE, EDGE, 0.99, confidence_level=None)
 
     assert not result.reached
-    assert result.threshold == 0.0
+    assert result.threshold == pytest.approx(0.075)
     assert result.fallback_rate == 0.0
     assert result.accuracy == pytest.approx(0.8)
 
@@ -90,7 +91,30 @@ def test_always_fall_back_is_a_candidate_above_the_max():
     assert end_to_end(CONF, np.zeros(10, bool), CLOUD, result.threshold) == (1.0, 1.0)
 
 
-def test_wilson_bound_is_stricter_than_the_point_estimate():
+def test_the_guarantee_by_hand():
+    # Two fallbacks: 10/10 right, Clopper-Pearson 95 % lower bound 0.05 ** (1/10) = 0.7411 >= 0.7.
+    # One fallback: 9/10 right, bound 0.6058 (10 p^9 (1 - p) + p^10 = 0.05) < 0.7, though 0.9 itself is above.
+    result = calibrate(CONF, EDGE, CLOUD, 0.7, confidence_level=0.95)
+
+    assert result.reached
+    assert result.fallback_rate == pytest.approx(0.2)
+    assert result.accuracy_lower == pytest.approx(0.05**0.1)
+    assert clopper_pearson_lower(9, 10, 0.95) == pytest.approx(0.605836, abs=1e-6)
+    # The point estimate alone would keep every answer on the edge: 8/10 >= 0.7, but its bound is 0.4931.
+    assert calibrate(CONF, EDGE, CLOUD, 0.7, confidence_level=None).fallback_rate == 0.0
+    assert clopper_pearson_lower(8, 10, 0.95) == pytest.approx(0.493099, abs=1e-6)
+
+
+@needs("scipy")
+def test_clopper_pearson_is_the_beta_quantile():
+    from scipy.stats import beta
+
+    for k, n, level in [(0, 5, 0.95), (1, 10, 0.95), (267, 270, 0.95), (990, 1000, 0.9), (5, 7, 0.5)]:
+        expected = 0.0 if k == 0 else beta.ppf(1 - level, k, n - k + 1)
+        assert clopper_pearson_lower(k, n, level) == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_bound_is_stricter_than_the_point_estimate_and_just_reaches_the_target():
     rng = np.random.default_rng(0)
     n = 400
     conf = rng.uniform(0, 1, n)
@@ -105,17 +129,14 @@ def test_wilson_bound_is_stricter_than_the_point_estimate():
     assert bounded.reached
     assert bounded.fallback_rate > point.fallback_rate
     assert bounded.threshold > point.threshold
-    assert bounded.accuracy_lower >= 0.97 > wilson_lower(round(point.accuracy * n), n, 0.95)
-    assert bounded.accuracy_lower == pytest.approx(wilson_lower(round(bounded.accuracy * n), n, 0.95))
+    assert bounded.accuracy_lower >= 0.97 > clopper_pearson_lower(round(point.accuracy * n), n, 0.95)
+    assert bounded.accuracy_lower == pytest.approx(clopper_pearson_lower(round(bounded.accuracy * n), n, 0.95))
+    # One fallback fewer than chosen: the bound falls short (the choice is the least fallback that reaches).
+    order = np.argsort(conf)
+    k = round(bounded.fallback_rate * n) - 1
+    right = int(cloud[order[:k]].sum() + edge[order[k:]].sum())
+    assert clopper_pearson_lower(right, n, 0.95) < 0.97
     assert point.accuracy_lower == point.accuracy
-
-
-def test_wilson_lower_known_values():
-    # p = 1: the bound is 1 / (1 + z^2 / n); z(0.95) = 1.6449
-    assert wilson_lower(10, 10, 0.95) == pytest.approx(1 / (1 + 1.6448536**2 / 10))
-    assert wilson_lower(0, 10, 0.95) == 0.0
-    assert wilson_lower(5, 10, 0.5) == pytest.approx(0.5)  # z = 0
-    assert wilson_lower(90, 100, 0.95) < wilson_lower(90, 100, 0.9) < 0.9
 
 
 def test_matches_brute_force_on_random_data_with_ties():
@@ -195,81 +216,101 @@ def test_bad_input_is_a_clear_value_error(conf, edge, cloud, target, level, mess
         calibrate(np.asarray(conf), np.asarray(edge), np.asarray(cloud), target, confidence_level=level)
 
 
-def test_wilson_lower_rejects_bad_counts():
+def test_clopper_pearson_lower_rejects_bad_counts():
     with pytest.raises(ValueError, match="successes"):
-        wilson_lower(11, 10, 0.95)
+        clopper_pearson_lower(11, 10, 0.95)
     with pytest.raises(ValueError, match="n must be"):
-        wilson_lower(0, 0, 0.95)
+        clopper_pearson_lower(0, 0, 0.95)
 
 
-@FEDGE_CALIBRATE
-def test_cli_writes_a_threshold_the_runtime_loads(model_copy):
+@pytest.fixture(scope="module")
+def served_cloud(module_broker, cloud_model_dir):
+    """An MQTT inference worker serving the cloud tier behind a private Mosquitto."""
+    from sdk.cloud.inference import InferenceService
+    from sdk.cloud.worker import InferenceWorker
+    from sdk.mqtt import MqttSettings
+
+    service = InferenceService.from_model_dir(cloud_model_dir)
+    worker = InferenceWorker({service.name: service}, MqttSettings.from_address(module_broker.address)).start()
+    yield module_broker
+    worker.stop()
+    service.close()
+
+
+def _calibrate(*args):
     from typer.testing import CliRunner
 
     from sdk.cli import app
+
+    return CliRunner().invoke(app, ["calibrate", *args])
+
+
+@FEDGE_CALIBRATE
+def test_cli_calibrates_every_artifact_against_the_served_cloud(model_copy, served_cloud, cloud_model_dir):
     from sdk.edge import EdgeConfig, EdgeRuntime
-    from sdk.manifest import load_manifest
+    from sdk.manifest import ModelRef, load_manifest
 
     before = load_manifest(model_copy)
-    runner = CliRunner()
-    result = runner.invoke(app, ["calibrate", "-m", str(model_copy), "--target-accuracy", "0.9", "--json"])
+    result = _calibrate("-m", str(model_copy), "--broker", served_cloud.address, "--target-accuracy", "0.95", "--json")
 
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["artifact"] == "onnx-int8"
-    assert out["cloud_artifact"] == "onnx-fp32"
-    assert out["reached"] is True
-    assert out["accuracy_lower"] >= 0.9
-    assert 0.0 <= out["threshold"] <= 1.0
-    assert out["samples"] > 0
-    assert out["curve"]
-    assert out["manifest"] == str(model_copy / "manifest.json")
-
+    cloud = load_manifest(cloud_model_dir)
+    assert out["cloud"] | {"source": None} == {"name": cloud.name, "version": cloud.version, "source": None}
+    assert out["cloud"]["source"] == f"mqtt://{served_cloud.address}"
+    assert out["bound"] == "clopper-pearson"
+    assert set(out["artifacts"]) == set(before.artifacts)
     after = load_manifest(model_copy)
-    assert before.confidence_threshold is None
-    assert after.confidence_threshold == out["threshold"]
-    assert after.artifacts == before.artifacts
-    with EdgeRuntime.from_model_dir(model_copy, EdgeConfig(artifacts=("onnx-int8",))) as rt:
-        assert rt.manifest.confidence_threshold == out["threshold"]
-        assert rt.confidence_threshold == out["threshold"]
+    assert after.cloud_model == ModelRef(cloud.name, cloud.version)
+    assert after.confidence_threshold is None  # per artifact, not one for all
+    for kind, chosen in out["artifacts"].items():
+        assert chosen["reached"]
+        assert chosen["written"]
+        assert chosen["accuracy_lower"] >= 0.95
+        assert 0.0 < chosen["threshold"] < 1.0
+        assert 0.0 < chosen["fallback_rate"] < 0.5
+        assert chosen["cloud_accuracy"] > chosen["edge_accuracy"]  # the bigger model is asked
+        assert after.artifacts[kind].confidence_threshold == chosen["threshold"]
+        assert (model_copy / f"calibration-{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with EdgeRuntime.from_model_dir(model_copy, EdgeConfig(artifacts=(kind,))) as rt:
+            assert rt.confidence_threshold == chosen["threshold"]
 
 
 @FEDGE_CALIBRATE
-def test_cli_writes_a_nonzero_threshold_exactly(model_copy, monkeypatch):
-    from typer.testing import CliRunner
+def test_cli_says_so_exits_non_zero_and_keeps_the_previous_threshold_when_unreachable(model_copy, cloud_model_dir):
+    from sdk.manifest import load_manifest
 
-    import sdk.edge.calibration as calibration
-    from sdk.cli import app
-    from sdk.edge import EdgeConfig, EdgeRuntime
+    load_manifest(model_copy).with_threshold(0.6, artifact="onnx-int8").write(model_copy)
+    before = (model_copy / "manifest.json").read_bytes()
+    # 270 held-out rows: even all right, the 95 % lower bound is 0.05 ** (1/270) = 0.989 < 0.995.
+    result = _calibrate(
+        "-m", str(model_copy), "--cloud-model-dir", str(cloud_model_dir), "--artifact", "onnx-int8",
+        "--target-accuracy", "0.995",
+    )  # fmt: skip
 
-    # The real int8 and fp32 models err on the same samples; a perfect cloud makes falling back pay off.
-    real = calibration.calibrate
-    monkeypatch.setattr(
-        calibration, "calibrate", lambda conf, edge, cloud, *a, **kw: real(conf, edge, np.ones_like(cloud), *a, **kw)
-    )
-    result = CliRunner().invoke(app, ["calibrate", "-m", str(model_copy), "--target-accuracy", "0.99", "--json"])
-
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.stdout)
-    assert out["reached"] is True
-    assert 0.0 < out["threshold"] < 1.0
-    assert 0.0 < out["fallback_rate"] < 1.0
-    with EdgeRuntime.from_model_dir(model_copy, EdgeConfig(artifacts=("onnx-int8",))) as rt:
-        assert rt.manifest.confidence_threshold == out["threshold"]
-        assert rt.confidence_threshold == out["threshold"]
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "onnx-int8: target 99.50% not reached" in said
+    assert "kept the previous threshold 0.6" in said
+    assert (model_copy / "manifest.json").read_bytes() == before
+    assert (model_copy / "calibration-onnx-int8.png").is_file()
 
 
 @FEDGE_CALIBRATE
-def test_cli_table_and_no_write(model_copy):
-    from typer.testing import CliRunner
-
-    from sdk.cli import app
+def test_cli_no_write_leaves_the_manifest_and_a_missing_cloud_is_a_fedge_error(model_copy, cloud_model_dir):
+    from sdk.errors import CloudUnavailable
+    from sdk.mosquitto import free_port
 
     before = (model_copy / "manifest.json").read_bytes()
-    result = CliRunner().invoke(app, ["calibrate", "-m", str(model_copy), "--target-accuracy", "1.0", "--no-write"])
-
+    result = _calibrate(
+        "-m", str(model_copy), "--cloud-model-dir", str(cloud_model_dir), "--artifact", "tflite", "--no-write",
+        "--no-plot",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "->" in result.stdout
-    assert "fallback %" in result.stdout
-    assert "not reached" in result.stdout  # a Wilson bound never reaches 100 %
+    assert (model_copy / "manifest.json").read_bytes() == before
+    assert not list(model_copy.glob("*.png"))
+
+    nobody = _calibrate("-m", str(model_copy), "--broker", f"127.0.0.1:{free_port()}", "--timeout-s", "1")
+    assert isinstance(nobody.exception, CloudUnavailable)
     assert (model_copy / "manifest.json").read_bytes() == before

@@ -28,7 +28,8 @@ def test_manifest_describes_every_artifact(model_dir):
         assert manifest.reference_accuracy - artifact.accuracy <= 0.01
     assert manifest.artifacts["onnx-int8"].precision == "int8"
     assert manifest.artifacts["tflite"].precision == "int8"
-    assert manifest.artifacts["onnx-int8"].size < 0.4 * manifest.artifacts["onnx-fp32"].size
+    # The small device CNN: the int8 file's fixed QDQ overhead weighs more than on a larger net.
+    assert manifest.artifacts["onnx-int8"].size < 0.5 * manifest.artifacts["onnx-fp32"].size
     assert manifest.sparsity == pytest.approx(0.5, abs=0.01)
     probe = load_probe(model_dir, manifest)
     assert probe["input"].shape == (4, 1, 8, 8)
@@ -90,7 +91,7 @@ def test_fine_tuning_keeps_pruned_weights_at_zero(digits_model, digits_split):
 
 def test_checkpoint_round_trip(digits_model, digits_split, tmp_path):
     path = tmp_path / "ckpt.pt"
-    save_checkpoint(digits_model, path, arch="digits-cnn", metrics={"acc": 0.9})
+    save_checkpoint(digits_model, path, arch="digits-cnn-small", metrics={"acc": 0.9})
     model, metrics = load_checkpoint(path)
 
     x = torch.from_numpy(digits_split.x_test[:5])

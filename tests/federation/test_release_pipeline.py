@@ -304,3 +304,31 @@ def test_a_release_missing_a_kind_the_fleet_runs_is_refused(cloud, tmp_path, dig
     assert cloud.client.releases("digits") == released
     lineage = lineage_of(cloud.client, outcome.version)
     assert (lineage["release"]["accepted"], lineage["fleet_targets"]) == (False, ["tflite"])
+
+
+@pytest.mark.slow
+def test_a_release_calibrates_every_artifacts_threshold_against_the_cloud(
+    cloud, tmp_path, digits_model, digits_split, cloud_model_dir
+):
+    from federation.export.thresholds import run_cloud_model_dir
+    from federation.release_pipeline import ReleasePipeline, ThresholdTarget
+    from federation.versions import VersionStore, split_key
+    from sdk.manifest import ModelRef, load_manifest
+
+    store = VersionStore(tmp_path / "versions", "digits", registry=cloud.client)
+    target = ThresholdTarget(cloud=lambda x: run_cloud_model_dir(cloud_model_dir, x), accuracy=0.9)
+    pipeline = ReleasePipeline(store, digits_split, policy=ReleasePolicy(targets=("onnx-int8",)), thresholds=target)
+    lineage = {"source": "test", "validation_split": split_key(0, len(digits_split.y_val)), "metrics": {}}
+    outcome = pipeline.release(digits_model, lineage)
+
+    manifest = load_manifest(outcome.stored.directory)
+    cloud_manifest = load_manifest(cloud_model_dir)
+    assert manifest.cloud_model == ModelRef(cloud_manifest.name, cloud_manifest.version)
+    recorded = lineage_of(cloud.client, outcome.version)["thresholds"]
+    assert recorded["cloud_model"] == {"name": cloud_manifest.name, "version": cloud_manifest.version}
+    assert set(recorded["artifacts"]) == set(manifest.artifacts)
+    for kind, chosen in recorded["artifacts"].items():
+        assert chosen["reached"]
+        assert chosen["accuracy_lower"] >= 0.9
+        assert manifest.artifacts[kind].confidence_threshold == chosen["threshold"]
+        assert 0.0 < chosen["threshold"] < 1.0

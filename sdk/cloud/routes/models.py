@@ -118,7 +118,7 @@ async def predict(name: str, request: Request, service: ServiceFor, state: State
     if media == TENSOR_MEDIA_TYPE:
         answer = wire.reply(message, outputs[0] if single else outputs, model_version=version, source="cloud:http")
         return Response(wire.encode(answer), media_type=TENSOR_MEDIA_TYPE)
-    probs = confidences(outputs, service.manifest.output_kind)
+    probs = confidences(outputs, service.manifest.output_kind, service.model.artifact.temperature)
     labels = probs.argmax(axis=1)
     body_out = {
         "model": name,

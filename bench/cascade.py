@@ -1,0 +1,230 @@
+"""The two-tier cascade on the digits test split: device alone, cloud alone, and edge-first with a guarantee.
+
+``python -m bench.cascade [--quick] [--json] [--target-accuracy 0.96]``
+
+Everything runs for real: a private Mosquitto, a ``fedge cloud worker`` process serving the
+cloud tier (a larger CNN, fp32), and the device's ``EdgeRuntime`` on the device tier (a small
+CNN, pruned, int8 ONNX) with its export-fitted temperature. The threshold comes from
+``fedge calibrate``'s driver asking that same worker for the validation rows (Clopper-Pearson,
+95 %). Then the test split goes through the device alone, the cloud alone (cloud-only, same
+worker) and the cascade (edge-first). ECE is over 15 equal-width bins, on the test split, from
+the runtime's own confidences: before (temperature 1) and after (the manifest's temperature).
+Both tiers are trained and exported first unless ``--model-dir`` and ``--cloud-model-dir`` name them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from bench.harness import Progress, command_line, figures_table, start, wait_until
+from sdk.confidence import expected_calibration_error
+from sdk.edge import EdgeConfig, EdgeRuntime
+from sdk.edge.cloud_client import CloudClient
+from sdk.manifest import load_manifest
+from sdk.mosquitto import Mosquitto
+from sdk.mqtt import MqttSettings
+
+__all__ = ["build_tiers", "main", "run"]
+
+TARGETS = {"cascade_gap_pt": 0.5, "fallback_rate": 0.20, "ece_after": 0.03}
+DEVICE_ARTIFACT = "onnx-int8"
+#: Long enough that no loaded machine turns a fallback into a degraded answer: this measures accuracy, not latency.
+DEADLINE_MS = 60_000.0
+BATCH = 64
+
+
+def build_tiers(folder: Path, split: Any, *, quick: bool, step: Progress) -> tuple[Path, Path]:
+    """Train and export the device tier (small CNN, pruned 50 %, int8) and the cloud tier (larger CNN, fp32)."""
+    from federation.export import ExportConfig, export_model
+    from federation.task import DEVICE_WIDTH, CloudCNN, DigitsCNN, set_seed, train
+
+    epochs = (6, 5) if quick else (12, 10)
+    set_seed(0)
+    device = DigitsCNN(width=DEVICE_WIDTH)
+    step(f"training the device tier ({epochs[0]} epochs)")
+    train(device, split.x_train, split.y_train, epochs=epochs[0], lr=3e-3)
+    step("exporting the device tier: pruned 50 %, int8 ONNX")
+    device_dir = folder / "digits-device"
+    export_model(device.eval(), device_dir, split, ExportConfig(sparsity=0.5, tflite="off"), on_step=step)
+    set_seed(0)
+    cloud = CloudCNN()
+    step(f"training the cloud tier ({epochs[1]} epochs)")
+    train(cloud, split.x_train, split.y_train, epochs=epochs[1], lr=3e-3)
+    cloud_dir = folder / "digits-cloud"
+    lineage = {"tier": "cloud", "arch": "digits-cloud-cnn"}
+    export_model(cloud.eval(), cloud_dir, split, ExportConfig(int8=False, tflite="off"), lineage=lineage, on_step=step)
+    return device_dir, cloud_dir
+
+
+def _predict(rt: EdgeRuntime, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Labels, top-class confidences and sources of ``x``, a batch at a time, as the runtime answers them."""
+    labels, conf, sources = [], [], []
+    for i in range(0, len(x), BATCH):
+        result = rt.predict(x[i : i + BATCH])
+        labels.append(result.labels)
+        conf.append(result.confidences)
+        sources.extend(result.sources)
+    return np.concatenate(labels), np.concatenate(conf), sources
+
+
+def _uncalibrated(model_dir: Path, out: Path) -> Path:
+    """A copy of ``model_dir`` whose manifest records no temperature: what a runtime reported before calibration."""
+    shutil.copytree(model_dir, out)
+    manifest = load_manifest(out)
+    artifacts = {k: replace(a, temperature=1.0) for k, a in manifest.artifacts.items()}
+    replace(manifest, artifacts=artifacts).write(out)
+    return out
+
+
+def run(
+    step: Progress,
+    *,
+    quick: bool = False,
+    target_accuracy: float = 0.96,
+    model_dir: Path | None = None,
+    cloud_model_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Calibrate against a served cloud worker, then measure edge, cloud and cascade on the test split."""
+    from federation.export.thresholds import ask_served_cloud, calibrate_thresholds
+    from federation.task import load_split
+
+    started = time.perf_counter()
+    split = load_split(0)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedge-bench-cascade-")))
+        if model_dir is None or cloud_model_dir is None:
+            model_dir, cloud_model_dir = build_tiers(tmp, split, quick=quick, step=step)
+        device_dir = Path(shutil.copytree(model_dir, tmp / "device"))  # calibration writes its manifest
+        cloud_manifest = load_manifest(cloud_model_dir)
+        name = cloud_manifest.name
+        broker = stack.enter_context(Mosquitto())
+        settings = MqttSettings.from_address(broker.address)
+        step(f"broker on {broker.address}; starting a `fedge cloud worker` on {cloud_model_dir.name}")
+        proc = start("-m", "sdk.cli", "cloud", "worker", "-m", str(cloud_model_dir), "--broker", broker.address)
+        stack.callback(proc.wait, 10)
+        stack.callback(proc.terminate)
+        client = CloudClient(settings, device_id=f"bench-{uuid.uuid4().hex[:8]}").start(wait=True)
+        cloud_rt = stack.enter_context(
+            EdgeRuntime(None, EdgeConfig(fallback="cloud-only", model_name=name, deadline_ms=DEADLINE_MS), cloud=client)
+        )
+        wait_until(lambda: cloud_rt.predict(split.x_test[:1]), "the worker process")
+
+        step(f"calibrating {DEVICE_ARTIFACT} against the served cloud on {len(split.y_val)} validation rows")
+        answers = ask_served_cloud(settings, name, split.x_val)
+        (chosen,) = calibrate_thresholds(
+            device_dir,
+            split.x_val,
+            split.y_val,
+            answers,
+            target_accuracy=target_accuracy,
+            artifacts=[DEVICE_ARTIFACT],
+            plot=False,
+        )
+        calibration = chosen.calibration
+
+        x, y = split.x_test, split.y_test
+        step(f"{len(y)} test rows: device alone")
+        config = EdgeConfig(artifacts=(DEVICE_ARTIFACT,), fallback="edge-only", deadline_ms=DEADLINE_MS)
+        with EdgeRuntime.from_model_dir(device_dir, config) as edge_rt:
+            temperature = edge_rt.artifact.temperature
+            edge_labels, edge_conf, _ = _predict(edge_rt, x)
+        with EdgeRuntime.from_model_dir(_uncalibrated(device_dir, tmp / "uncalibrated"), config) as raw_rt:
+            raw_labels, raw_conf, _ = _predict(raw_rt, x)
+        np.testing.assert_array_equal(raw_labels, edge_labels)  # a temperature never changes an answer
+        step("cloud alone, through the worker")
+        cloud_labels, _, cloud_sources = _predict(cloud_rt, x)
+        step("the cascade: edge-first with the calibrated threshold")
+        cascade_client = CloudClient(settings, device_id=f"bench-{uuid.uuid4().hex[:8]}").start(wait=True)
+        cascade_config = replace(config, fallback="edge-first")
+        with EdgeRuntime.from_model_dir(device_dir, cascade_config, cloud=cascade_client) as rt:
+            threshold = rt.confidence_threshold
+            cascade_labels, _, sources = _predict(rt, x)
+
+    edge_right, cascade_right = edge_labels == y, cascade_labels == y
+    edge_acc, cloud_acc = float(edge_right.mean()), float((cloud_labels == y).mean())
+    cascade_acc = float(cascade_right.mean())
+    fallback_rate = sources.count("cloud") / len(y)
+    report = {
+        "edge_accuracy": round(edge_acc, 4),
+        "cloud_accuracy": round(cloud_acc, 4),
+        "cascade_accuracy": round(cascade_acc, 4),
+        "fallback_rate": round(fallback_rate, 4),
+        "cascade_gap_pt": round(100 * (cloud_acc - cascade_acc), 2),
+        "cloud_over_edge_pt": round(100 * (cloud_acc - edge_acc), 2),
+        "ece_before": round(expected_calibration_error(raw_conf, edge_right), 4),
+        "ece_after": round(expected_calibration_error(edge_conf, edge_right), 4),
+        "ece_bins": 15,
+        "temperature": temperature,
+        "threshold": threshold,
+        "target_accuracy": target_accuracy,
+        "calibration_reached": calibration.reached,
+        "calibration_accuracy_lower": round(calibration.accuracy_lower, 4),
+        "calibration_fallback_rate": round(calibration.fallback_rate, 4),
+        "cloud_model": f"{answers.model.name} v{answers.model.version}",
+        "degraded_rows": sources.count("edge-degraded") + cloud_sources.count("edge-degraded"),
+        "test_rows": len(y),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    gap_ok = report["cascade_gap_pt"] <= TARGETS["cascade_gap_pt"] and fallback_rate <= TARGETS["fallback_rate"]
+    report["meets_targets"] = {
+        "cascade_gap_pt": gap_ok,
+        "fallback_rate": fallback_rate <= TARGETS["fallback_rate"],
+        "ece_after": report["ece_after"] <= TARGETS["ece_after"],
+        "cloud_over_edge_pt": report["cloud_over_edge_pt"] >= 2.0,
+    }
+    return report
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    """Print the report as a table."""
+    keys = (
+        "edge_accuracy",
+        "cloud_accuracy",
+        "cascade_accuracy",
+        "fallback_rate",
+        "cascade_gap_pt",
+        "ece_before",
+        "ece_after",
+        "threshold",
+    )
+    title = f"two-tier cascade on {report['test_rows']} test rows (cloud {report['cloud_model']})"
+    limits = {"cascade_gap_pt": "<= 0.5", "fallback_rate": "<= 0.20", "ece_after": "<= 0.03"}
+    console.print(figures_table(title, report, keys, limits))
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target-accuracy", type=float, default=0.96, help="calibration target (default 0.96)")
+    parser.add_argument("--model-dir", type=Path, help="device tier model directory (default: train one)")
+    parser.add_argument("--cloud-model-dir", type=Path, help="cloud tier model directory (default: train one)")
+
+
+main = command_line(
+    "python -m bench.cascade",
+    __doc__,
+    quick_help="shorter training of both tiers",
+    run=lambda args, step: run(
+        step,
+        quick=args.quick,
+        target_accuracy=args.target_accuracy,
+        model_dir=args.model_dir,
+        cloud_model_dir=args.cloud_model_dir,
+    ),
+    render=render,
+    arguments=_arguments,
+)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
