@@ -73,6 +73,11 @@ Kind = Literal["request", "reply", "error"]
 _PREFIX = struct.Struct("<3sBI")
 _INT64 = (-(2**63), 2**63 - 1)
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# Looked up once: numpy's dtype names and byte-order conversions cost microseconds a call.
+_LITTLE = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
+_NATIVE = {name: np.dtype(name).newbyteorder("=") for name in DTYPES}
+_WIRE_DTYPE = {np.dtype(name).newbyteorder(order): name for name in DTYPES for order in "<>="}
+_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,10 +159,11 @@ def encode(message: Message) -> bytes:
     specs, blobs = [], []
     for name, array in message.tensors.items():
         arr = np.asarray(array)
-        if arr.dtype.name not in DTYPES:
+        dtype = _WIRE_DTYPE.get(arr.dtype)
+        if dtype is None:
             raise WireFormatError(f"tensor {name!r}: dtype {arr.dtype} cannot travel (allowed: {', '.join(DTYPES)})")
-        arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")  # keeps 0-d arrays 0-d
-        specs.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)})
+        arr = np.asarray(arr, dtype=_LITTLE[dtype], order="C")  # keeps 0-d arrays 0-d
+        specs.append({"name": name, "dtype": dtype, "shape": list(arr.shape)})
         blobs.append(arr.tobytes())
     header: dict[str, Any] = {"kind": message.kind, "id": message.id, "tensors": specs}
     for key, default in _OPTIONAL:  # a default is left out; 0, 0.0 and "" of a field whose default is None travel
@@ -165,7 +171,7 @@ def encode(message: Message) -> bytes:
         if not (type(value) is type(default) and value == default):
             header[key] = value.item() if isinstance(value, np.generic) else value
     _read_header(header)  # the checks decode makes, so that what goes out comes back
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw = _JSON.encode(header).encode()
     if len(raw) > MAX_HEADER_BYTES:
         raise WireFormatError(f"the header of {len(raw)} bytes is over the {MAX_HEADER_BYTES}-byte bound")
     return b"".join([_PREFIX.pack(MAGIC, VERSION, len(raw)), raw, *blobs])
@@ -193,8 +199,8 @@ def decode(payload: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_
     return Message(**fields_, tensors=_read_tensors(specs, view[_PREFIX.size + header_len :]))
 
 
-def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, np.dtype, tuple[int, ...], int]]]:
-    """The checked message fields of a parsed header, and its tensors as (name, dtype, shape, element count)."""
+def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, str, tuple[int, ...], int]]]:
+    """The checked message fields of a parsed header, and its tensors as (name, dtype name, shape, element count)."""
     if not isinstance(header, dict):
         raise WireFormatError("header is not a JSON object")
     fields_ = {
@@ -213,14 +219,14 @@ def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, np.dtype,
     specs = header.get("tensors")
     if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
         raise WireFormatError(f"header field 'tensors' must be a list of at most {MAX_TENSORS} entries")
-    tensors: list[tuple[str, np.dtype, tuple[int, ...], int]] = []
+    tensors: list[tuple[str, str, tuple[int, ...], int]] = []
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
             raise WireFormatError(f"tensor {i} is not an object")
         name = _field(spec, "name", str, required=True, max_len=64)
         if any(name == seen for seen, *_ in tensors):
             raise WireFormatError(f"tensor {name!r} is named twice")
-        dtype = np.dtype(_field(spec, "dtype", str, required=True, choices=DTYPES)).newbyteorder("<")
+        dtype = _field(spec, "dtype", str, required=True, choices=DTYPES)
         shape = _shape(name, spec.get("shape"))
         tensors.append((name, dtype, shape, math.prod(shape)))
     return fields_, tensors
@@ -270,18 +276,19 @@ def _field(
     return value
 
 
-def _read_tensors(specs: list[tuple[str, np.dtype, tuple[int, ...], int]], body: memoryview) -> dict[str, np.ndarray]:
+def _read_tensors(specs: list[tuple[str, str, tuple[int, ...], int]], body: memoryview) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     offset = 0
-    for name, dtype, shape, count in specs:
+    for name, dtype_name, shape, count in specs:
+        dtype, native = _LITTLE[dtype_name], _NATIVE[dtype_name]
         nbytes = count * dtype.itemsize
         if nbytes > len(body) - offset:
             raise WireFormatError(f"tensor {name!r} needs {nbytes} bytes, {len(body) - offset} are left (truncated)")
         if count == 0:  # nothing to read, and some numpy versions refuse frombuffer at the end of a buffer
-            tensors[name] = np.empty(shape, dtype.newbyteorder("="))
+            tensors[name] = np.empty(shape, native)
         else:
             arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
-            tensors[name] = arr.astype(dtype.newbyteorder("="), copy=False)
+            tensors[name] = arr.astype(native, copy=False)
         offset += nbytes
     if offset != len(body):
         raise WireFormatError(f"{len(body) - offset} bytes follow the last tensor")

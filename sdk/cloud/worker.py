@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -298,10 +299,23 @@ class InferenceWorker:
                 req.tensor,
                 deadline_s=None if req.deadline_ms is None else req.deadline_ms / 1000.0,
                 priority=req.priority,
+                inline=not self._backlog(),
             )
         except (InvalidInput, WireFormatError, Overloaded) as exc:
             return self._fail(target, error_code_for(exc), str(exc))
         future.add_done_callback(lambda f: self._finish(f, req, single, service, target))
+
+    def _backlog(self) -> bool:
+        """Whether more bytes wait on the connection: requests behind this one, which a batch should hold together."""
+        sock = self._client.socket()
+        if sock is None:
+            return True
+        pending = getattr(sock, "pending", None)  # a TLS socket keeps decrypted bytes of its own
+        if pending is not None and pending():
+            return True
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
 
     def _finish(
         self, f: Future[np.ndarray], req: wire.Message, single: bool, service: InferenceService, target: _Target
