@@ -78,6 +78,18 @@ _LITTLE = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
 _NATIVE = {name: np.dtype(name).newbyteorder("=") for name in DTYPES}
 _WIRE_DTYPE = {np.dtype(name).newbyteorder(order): name for name in DTYPES for order in "<>="}
 _JSON = json.JSONEncoder(separators=(",", ":"))
+#: The header's message fields: (key, type, default (``...``: required), allowed values, longest length).
+_HEADER_FIELDS: tuple[tuple[str, type, Any, tuple[str, ...] | None, int | None], ...] = (
+    ("kind", str, ..., ("request", "reply", "error"), None),
+    ("id", str, ..., None, 128),
+    ("model", str, "", None, 128),
+    ("model_version", int, None, None, None),
+    ("deadline_ms", float, None, None, None),
+    ("priority", int, 0, None, None),
+    ("source", str, "", None, 128),
+    ("error_code", str, None, None, 32),
+    ("error_message", str, "", None, 4000),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,17 +215,20 @@ def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, str, tupl
     """The checked message fields of a parsed header, and its tensors as (name, dtype name, shape, element count)."""
     if not isinstance(header, dict):
         raise WireFormatError("header is not a JSON object")
-    fields_ = {
-        "kind": _field(header, "kind", str, choices=("request", "reply", "error")),
-        "id": _field(header, "id", str, required=True, max_len=128),
-        "model": _field(header, "model", str, default="", max_len=128),
-        "model_version": _field(header, "model_version", int, default=None),
-        "deadline_ms": _field(header, "deadline_ms", float, default=None),
-        "priority": _field(header, "priority", int, default=0),
-        "source": _field(header, "source", str, default="", max_len=128),
-        "error_code": _field(header, "error_code", str, default=None, max_len=32),
-        "error_message": _field(header, "error_message", str, default="", max_len=4000),
-    }
+    fields_ = {}
+    for key, kind, default, choices, max_len in _HEADER_FIELDS:
+        value = header.get(key)
+        if value is None and default is not ...:
+            fields_[key] = default
+        elif (
+            type(value) is str
+            and kind is str
+            and (choices is None or value in choices)
+            and (max_len is None or len(value) <= max_len)
+        ):
+            fields_[key] = value  # the common case, checked here: a call per field costs more than the checks
+        else:
+            fields_[key] = _field(header, key, kind, default=default, choices=choices, max_len=max_len)
     if fields_["error_code"] is not None and not _CODE.fullmatch(fields_["error_code"]):
         raise WireFormatError(f"header field 'error_code' is {fields_['error_code']!r}, not a [a-z][a-z0-9_]* code")
     specs = header.get("tensors")
@@ -223,10 +238,14 @@ def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, str, tupl
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
             raise WireFormatError(f"tensor {i} is not an object")
-        name = _field(spec, "name", str, required=True, max_len=64)
+        name = spec.get("name")
+        if type(name) is not str or len(name) > 64:
+            name = _field(spec, "name", str, required=True, max_len=64)
         if any(name == seen for seen, *_ in tensors):
             raise WireFormatError(f"tensor {name!r} is named twice")
-        dtype = _field(spec, "dtype", str, required=True, choices=DTYPES)
+        dtype = spec.get("dtype")
+        if type(dtype) is not str or dtype not in _LITTLE:
+            dtype = _field(spec, "dtype", str, required=True, choices=DTYPES)
         shape = _shape(name, spec.get("shape"))
         tensors.append((name, dtype, shape, math.prod(shape)))
     return fields_, tensors

@@ -139,6 +139,7 @@ class InferenceWorker:
         self._generation = 0  # connections so far: an acknowledgement only goes out on the one its request came by
         self._down_since: float | None = time.monotonic()
         self._loop: threading.Thread | None = None
+        self._poller, self._polled = select.poll(), None  # watches the connection for requests behind the current one
         self._client.on_connect = self._guarded(self._on_connect)
         self._client.on_subscribe = self._guarded(self._on_subscribe)
         self._client.on_disconnect = self._guarded(self._on_disconnect)
@@ -247,11 +248,10 @@ class InferenceWorker:
             self._fail_safely(target, ack)
 
     def _acknowledger(self, msg: mqtt.MQTTMessage) -> Callable[[], None]:
-        generation, done = self._generation, threading.Event()
+        generation, once = self._generation, threading.Lock()  # a lock taken once: cheaper than an Event
 
         def ack() -> None:
-            if msg.qos > 0 and generation == self._generation and not done.is_set():
-                done.set()
+            if msg.qos > 0 and generation == self._generation and once.acquire(blocking=False):
                 self._client.ack(msg.mid, msg.qos)
 
         return ack
@@ -313,9 +313,10 @@ class InferenceWorker:
         pending = getattr(sock, "pending", None)  # a TLS socket keeps decrypted bytes of its own
         if pending is not None and pending():
             return True
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
+        if self._polled is not sock:  # one poller per connection
+            self._poller, self._polled = select.poll(), sock
+            self._poller.register(sock, select.POLLIN)
+        return bool(self._poller.poll(0))
 
     def _finish(
         self, f: Future[np.ndarray], req: wire.Message, single: bool, service: InferenceService, target: _Target
