@@ -38,6 +38,12 @@ What the broker does with the unacknowledged requests of a worker that is SIGKIL
   session keeps receiving its share while offline, so EMQX's docs advise clean sessions
   for shared subscribers.
 
+A request that finds the model idle and nothing behind it on the connection (no bytes waiting to
+be read) is answered on the network thread itself when the model is quick (see
+:mod:`sdk.cloud.batching`): no hand-off to the batcher's thread and back, which cost more than
+such a model's run. Requests that do wait behind it go to the batcher and leave together, so
+bursts are batched as before.
+
 Holding acknowledgements has a cost on Mosquitto: ``max_inflight_messages`` (default 20
 per client) caps the requests one worker holds at once, and so its batch size; raise it
 in the broker's configuration for batches above 20.
