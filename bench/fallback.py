@@ -5,10 +5,11 @@
 Both paths run through the same private Mosquitto (``set_tcp_nodelay true``) with
 QoS 1, TCP_NODELAY on every client, and the same payload bytes (the wire-encoded
 request of one sample). The raw path is a bare paho requester and a bare paho echo
-process that republishes each payload to its ResponseTopic with its CorrelationData;
-ours is the device's CloudClient and a ``fedge cloud worker`` process with its batcher
-and a trivial model. Server sides run in their own processes, as deployed; calls
-alternate, so drift of the shared machine falls on both alike.
+process that republishes each payload to its ResponseTopic with its CorrelationData,
+both making their MQTT v5 properties with paho's own ``Properties``, as a bare paho
+program does; ours is the device's CloudClient and a ``fedge cloud worker`` process with
+its batcher and a trivial model. Server sides run in their own processes, as deployed;
+calls alternate, so drift of the shared machine falls on both alike.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from rich.console import Console
 
 from bench.harness import Progress, command_line, figures_table, percentiles_us, ratio, start, wait_until
@@ -31,11 +34,20 @@ from sdk import wire
 from sdk.edge import EdgeConfig, EdgeRuntime
 from sdk.edge.cloud_client import CloudClient
 from sdk.mosquitto import Mosquitto
-from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
+from sdk.mqtt import MqttSettings, connect, make_client
 
-__all__ = ["RawEcho", "main", "run"]
+__all__ = ["RawEcho", "main", "paho_properties", "run"]
 
 TARGETS = {"rtt_ratio_p50": 1.5, "rtt_ratio_p99": 2.0}
+
+
+def paho_properties(*, response_topic: str | None = None, correlation: bytes) -> Properties:
+    """PUBLISH properties the way a bare paho program makes them (not Fedge's faster :func:`publish_properties`)."""
+    props = Properties(PacketTypes.PUBLISH)
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    props.CorrelationData = correlation
+    return props
 
 
 def echo_server(address: str) -> None:
@@ -44,7 +56,7 @@ def echo_server(address: str) -> None:
     client = make_client(settings, "bench-echo")
 
     def bounce(c: Any, userdata: Any, msg: Any) -> None:
-        props = publish_properties(correlation=msg.properties.CorrelationData)
+        props = paho_properties(correlation=msg.properties.CorrelationData)
         c.publish(msg.properties.ResponseTopic, msg.payload, qos=1, properties=props)
 
     client.on_connect = lambda c, *a: c.subscribe("bench/echo", qos=1)
@@ -66,7 +78,7 @@ class RawEcho:
     def call(self, payload: bytes, timeout_s: float = 5.0) -> None:
         """One request/response round trip."""
         self._got.clear()
-        props = publish_properties(response_topic="bench/echo-replies", correlation=b"0123456789abcdef")
+        props = paho_properties(response_topic="bench/echo-replies", correlation=b"0123456789abcdef")
         self._requester.publish("bench/echo", payload, qos=1, properties=props)
         if not self._got.wait(timeout_s):
             raise TimeoutError("the raw echo did not answer")

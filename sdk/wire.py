@@ -73,6 +73,23 @@ Kind = Literal["request", "reply", "error"]
 _PREFIX = struct.Struct("<3sBI")
 _INT64 = (-(2**63), 2**63 - 1)
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# Looked up once: numpy's dtype names and byte-order conversions cost microseconds a call.
+_LITTLE = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
+_NATIVE = {name: np.dtype(name).newbyteorder("=") for name in DTYPES}
+_WIRE_DTYPE = {np.dtype(name).newbyteorder(order): name for name in DTYPES for order in "<>="}
+_JSON = json.JSONEncoder(separators=(",", ":"))
+#: The header's message fields: (key, type, default (``...``: required), allowed values, longest length).
+_HEADER_FIELDS: tuple[tuple[str, type, Any, tuple[str, ...] | None, int | None], ...] = (
+    ("kind", str, ..., ("request", "reply", "error"), None),
+    ("id", str, ..., None, 128),
+    ("model", str, "", None, 128),
+    ("model_version", int, None, None, None),
+    ("deadline_ms", float, None, None, None),
+    ("priority", int, 0, None, None),
+    ("source", str, "", None, 128),
+    ("error_code", str, None, None, 32),
+    ("error_message", str, "", None, 4000),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,10 +171,11 @@ def encode(message: Message) -> bytes:
     specs, blobs = [], []
     for name, array in message.tensors.items():
         arr = np.asarray(array)
-        if arr.dtype.name not in DTYPES:
+        dtype = _WIRE_DTYPE.get(arr.dtype)
+        if dtype is None:
             raise WireFormatError(f"tensor {name!r}: dtype {arr.dtype} cannot travel (allowed: {', '.join(DTYPES)})")
-        arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")  # keeps 0-d arrays 0-d
-        specs.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)})
+        arr = np.asarray(arr, dtype=_LITTLE[dtype], order="C")  # keeps 0-d arrays 0-d
+        specs.append({"name": name, "dtype": dtype, "shape": list(arr.shape)})
         blobs.append(arr.tobytes())
     header: dict[str, Any] = {"kind": message.kind, "id": message.id, "tensors": specs}
     for key, default in _OPTIONAL:  # a default is left out; 0, 0.0 and "" of a field whose default is None travel
@@ -165,7 +183,7 @@ def encode(message: Message) -> bytes:
         if not (type(value) is type(default) and value == default):
             header[key] = value.item() if isinstance(value, np.generic) else value
     _read_header(header)  # the checks decode makes, so that what goes out comes back
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw = _JSON.encode(header).encode()
     if len(raw) > MAX_HEADER_BYTES:
         raise WireFormatError(f"the header of {len(raw)} bytes is over the {MAX_HEADER_BYTES}-byte bound")
     return b"".join([_PREFIX.pack(MAGIC, VERSION, len(raw)), raw, *blobs])
@@ -193,34 +211,41 @@ def decode(payload: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_
     return Message(**fields_, tensors=_read_tensors(specs, view[_PREFIX.size + header_len :]))
 
 
-def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, np.dtype, tuple[int, ...], int]]]:
-    """The checked message fields of a parsed header, and its tensors as (name, dtype, shape, element count)."""
+def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, str, tuple[int, ...], int]]]:
+    """The checked message fields of a parsed header, and its tensors as (name, dtype name, shape, element count)."""
     if not isinstance(header, dict):
         raise WireFormatError("header is not a JSON object")
-    fields_ = {
-        "kind": _field(header, "kind", str, choices=("request", "reply", "error")),
-        "id": _field(header, "id", str, required=True, max_len=128),
-        "model": _field(header, "model", str, default="", max_len=128),
-        "model_version": _field(header, "model_version", int, default=None),
-        "deadline_ms": _field(header, "deadline_ms", float, default=None),
-        "priority": _field(header, "priority", int, default=0),
-        "source": _field(header, "source", str, default="", max_len=128),
-        "error_code": _field(header, "error_code", str, default=None, max_len=32),
-        "error_message": _field(header, "error_message", str, default="", max_len=4000),
-    }
+    fields_ = {}
+    for key, kind, default, choices, max_len in _HEADER_FIELDS:
+        value = header.get(key)
+        if value is None and default is not ...:
+            fields_[key] = default
+        elif (
+            type(value) is str
+            and kind is str
+            and (choices is None or value in choices)
+            and (max_len is None or len(value) <= max_len)
+        ):
+            fields_[key] = value  # the common case, checked here: a call per field costs more than the checks
+        else:
+            fields_[key] = _field(header, key, kind, default=default, choices=choices, max_len=max_len)
     if fields_["error_code"] is not None and not _CODE.fullmatch(fields_["error_code"]):
         raise WireFormatError(f"header field 'error_code' is {fields_['error_code']!r}, not a [a-z][a-z0-9_]* code")
     specs = header.get("tensors")
     if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
         raise WireFormatError(f"header field 'tensors' must be a list of at most {MAX_TENSORS} entries")
-    tensors: list[tuple[str, np.dtype, tuple[int, ...], int]] = []
+    tensors: list[tuple[str, str, tuple[int, ...], int]] = []
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
             raise WireFormatError(f"tensor {i} is not an object")
-        name = _field(spec, "name", str, required=True, max_len=64)
+        name = spec.get("name")
+        if type(name) is not str or len(name) > 64:
+            name = _field(spec, "name", str, required=True, max_len=64)
         if any(name == seen for seen, *_ in tensors):
             raise WireFormatError(f"tensor {name!r} is named twice")
-        dtype = np.dtype(_field(spec, "dtype", str, required=True, choices=DTYPES)).newbyteorder("<")
+        dtype = spec.get("dtype")
+        if type(dtype) is not str or dtype not in _LITTLE:
+            dtype = _field(spec, "dtype", str, required=True, choices=DTYPES)
         shape = _shape(name, spec.get("shape"))
         tensors.append((name, dtype, shape, math.prod(shape)))
     return fields_, tensors
@@ -270,18 +295,19 @@ def _field(
     return value
 
 
-def _read_tensors(specs: list[tuple[str, np.dtype, tuple[int, ...], int]], body: memoryview) -> dict[str, np.ndarray]:
+def _read_tensors(specs: list[tuple[str, str, tuple[int, ...], int]], body: memoryview) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     offset = 0
-    for name, dtype, shape, count in specs:
+    for name, dtype_name, shape, count in specs:
+        dtype, native = _LITTLE[dtype_name], _NATIVE[dtype_name]
         nbytes = count * dtype.itemsize
         if nbytes > len(body) - offset:
             raise WireFormatError(f"tensor {name!r} needs {nbytes} bytes, {len(body) - offset} are left (truncated)")
         if count == 0:  # nothing to read, and some numpy versions refuse frombuffer at the end of a buffer
-            tensors[name] = np.empty(shape, dtype.newbyteorder("="))
+            tensors[name] = np.empty(shape, native)
         else:
             arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
-            tensors[name] = arr.astype(dtype.newbyteorder("="), copy=False)
+            tensors[name] = arr.astype(native, copy=False)
         offset += nbytes
     if offset != len(body):
         raise WireFormatError(f"{len(body) - offset} bytes follow the last tensor")

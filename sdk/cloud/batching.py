@@ -3,6 +3,13 @@
 A batch closes when it holds ``max_batch_size`` samples or when its oldest request
 has waited ``max_queue_delay_ms``. Higher priorities leave first; requests whose
 deadline passed are dropped before compute; a full queue sheds load at once.
+
+A request that would be a batch of one anyway (the model idle, nothing queued, no queue
+delay) may run on the thread that submits it (``submit(..., inline=True)``) when the
+model's recent batches were quick (under :data:`INLINE_MAX_S`): a hand-off to the
+batcher's thread and back costs more than such a model's run (two thread wake-ups and
+the GIL changing hands). Requests that come while it runs queue as usual and leave
+together in the next batch, so batching under load stays as it was.
 """
 
 from __future__ import annotations
@@ -20,9 +27,13 @@ import numpy as np
 from sdk.config import check
 from sdk.errors import DeadlineExceeded, Overloaded
 
-__all__ = ["BatchQueue", "Batcher", "BatcherConfig", "Decision", "Pending"]
+__all__ = ["INLINE_MAX_S", "BatchQueue", "Batcher", "BatcherConfig", "Decision", "Pending"]
 
 Clock = Callable[[], float]
+
+#: The longest recent batch time (seconds, smoothed) at which an idle model runs a request on its caller's thread.
+INLINE_MAX_S = 0.001
+_SMOOTHING = 0.2
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,6 +94,15 @@ class BatchQueue:
             raise Overloaded(f"queue full ({self.config.max_queue} requests)")
         heapq.heappush(self._heap, (-item.priority, next(self._seq), item))
 
+    def takes_at_once(self, item: Pending, now: float) -> bool:
+        """Whether ``item`` would leave alone at once: nothing waits, no queue delay, and its deadline is ahead."""
+        return (
+            not self._heap
+            and self.config.max_queue_delay_ms == 0
+            and (item.deadline is None or item.deadline > now)
+            and len(item.x) <= self.config.max_batch_size
+        )
+
     def decide(self, now: float) -> Decision:
         """Close a batch when it is full or its oldest request waited long enough; drop expired ones."""
         expired = [e[2] for e in self._heap if e[2].deadline is not None and e[2].deadline <= now]
@@ -126,6 +146,8 @@ class Batcher:
         self.on_batch = on_batch
         self._cond = threading.Condition()
         self._closed = False
+        self._running = False  # a batch is on the model (on the driver's thread or a caller's)
+        self._batch_s: float | None = None  # recent batch time, smoothed; None until a batch ran
         self._thread = threading.Thread(target=self._loop, name="fedge-batcher", daemon=True)
         self._thread.start()
 
@@ -134,15 +156,27 @@ class Batcher:
         with self._cond:
             return len(self._queue)
 
-    def submit(self, x: np.ndarray, *, deadline_s: float | None = None, priority: int = 0) -> Future:
-        """Queue samples (axis 0) and return a future for their outputs."""
+    def submit(
+        self, x: np.ndarray, *, deadline_s: float | None = None, priority: int = 0, inline: bool = False
+    ) -> Future:
+        """Queue samples (axis 0) and return a future for their outputs.
+
+        With ``inline``, a request that would leave alone at once on a quick, idle model (see the
+        module docstring) runs on this thread instead, and its future is done when this returns.
+        """
         now = self._clock()
         item = Pending(x, now, None if deadline_s is None else now + deadline_s, priority)
         with self._cond:
             if self._closed:
                 raise Overloaded("batcher is closed")
-            self._queue.push(item)
-            self._cond.notify()
+            here = inline and self._quick_and_idle() and self._queue.takes_at_once(item, now)
+            if here:
+                self._running = True
+            else:
+                self._queue.push(item)
+                self._cond.notify()
+        if here:
+            self._run_batch([item])
         return item.future
 
     def close(self) -> None:
@@ -157,20 +191,40 @@ class Batcher:
         """Whether the driver thread is running and taking requests."""
         return self._thread.is_alive() and not self._closed
 
+    def _quick_and_idle(self) -> bool:
+        return not self._running and self._batch_s is not None and self._batch_s < INLINE_MAX_S
+
     def _loop(self) -> None:
         while True:
             with self._cond:
                 while True:
-                    if self._closed:
+                    if self._closed and not self._running:
                         self._fail_all()
                         return
+                    if self._running:  # a caller's batch of one is on the model: what queued meanwhile waits for it
+                        self._cond.wait()
+                        continue
                     d = self._queue.decide(self._clock())
                     for p in d.expired:
                         _fail(p, DeadlineExceeded("the deadline passed while the request was queued"))
                     if d.batch:
+                        self._running = True
                         break
                     self._cond.wait(d.wait_s)
-            self._execute(d.batch)
+            self._run_batch(d.batch)
+
+    def _run_batch(self, batch: list[Pending]) -> None:
+        """Run ``batch``, then free the model and tell the driver (requests may have queued behind it)."""
+        took = None
+        try:
+            took = self._execute(batch)
+        finally:
+            with self._cond:
+                self._running = False
+                if took is not None:  # clipped: one run slowed by a busy machine does not turn the fast path off
+                    took, last = min(took, 4 * INLINE_MAX_S), self._batch_s
+                    self._batch_s = took if last is None else last + _SMOOTHING * (took - last)
+                self._cond.notify()
 
     def _fail_all(self) -> None:
         while len(self._queue):
@@ -178,23 +232,27 @@ class Batcher:
             for p in d.batch + d.expired:
                 _fail(p, Overloaded("the batcher is closed"))
 
-    def _execute(self, batch: list[Pending]) -> None:
+    def _execute(self, batch: list[Pending]) -> float | None:
+        """Run the batch on the model and resolve its futures; return the model's seconds (None: nothing ran)."""
         # A caller that gave up (an HTTP client went away) cancelled its future: skip its samples.
         batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
         if not batch:
-            return
+            return None
         if self.on_batch is not None:
             self.on_batch(sum(len(p.x) for p in batch))
+        t0 = self._clock()
         try:
             out = self._run(np.concatenate([p.x for p in batch], axis=0) if len(batch) > 1 else batch[0].x)
         except Exception as exc:  # the model's failure belongs to every caller in the batch
             for p in batch:
                 p.future.set_exception(exc)
-            return
+            return self._clock() - t0
+        took = self._clock() - t0
         start = 0
         for p in batch:
             p.future.set_result(out[start : start + len(p.x)])
             start += len(p.x)
+        return took
 
 
 def _fail(item: Pending, exc: Exception) -> None:

@@ -71,9 +71,11 @@ class InferenceService:
         return self.batcher.alive
 
     def submit(
-        self, x: object, *, deadline_s: float | None = None, priority: int = 0
+        self, x: object, *, deadline_s: float | None = None, priority: int = 0, inline: bool = False
     ) -> tuple[Future[np.ndarray], bool]:
         """Queue one sample or a batch; return its future and whether it was one sample.
+
+        ``inline``: an idle, quick model may run it on this thread (see :meth:`Batcher.submit`).
 
         Raises:
             InvalidInput: at once, for a wrong shape, dtype or a non-finite value.
@@ -81,7 +83,7 @@ class InferenceService:
         The future raises DeadlineExceeded when the deadline passes while queued.
         """
         batch, single = self.model.inputs.prepare(x)
-        return self.batcher.submit(batch, deadline_s=deadline_s, priority=priority), single
+        return self.batcher.submit(batch, deadline_s=deadline_s, priority=priority, inline=inline), single
 
     def close(self) -> None:
         """Stop batching and release the model."""

@@ -38,6 +38,12 @@ What the broker does with the unacknowledged requests of a worker that is SIGKIL
   session keeps receiving its share while offline, so EMQX's docs advise clean sessions
   for shared subscribers.
 
+A request that finds the model idle and nothing behind it on the connection (no bytes waiting to
+be read) is answered on the network thread itself when the model is quick (see
+:mod:`sdk.cloud.batching`): no hand-off to the batcher's thread and back, which cost more than
+such a model's run. Requests that do wait behind it go to the batcher and leave together, so
+bursts are batched as before.
+
 Holding acknowledgements has a cost on Mosquitto: ``max_inflight_messages`` (default 20
 per client) caps the requests one worker holds at once, and so its batch size; raise it
 in the broker's configuration for batches above 20.
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -138,6 +145,7 @@ class InferenceWorker:
         self._generation = 0  # connections so far: an acknowledgement only goes out on the one its request came by
         self._down_since: float | None = time.monotonic()
         self._loop: threading.Thread | None = None
+        self._poller, self._polled = select.poll(), None  # watches the connection for requests behind the current one
         self._client.on_connect = self._guarded(self._on_connect)
         self._client.on_subscribe = self._guarded(self._on_subscribe)
         self._client.on_disconnect = self._guarded(self._on_disconnect)
@@ -246,11 +254,10 @@ class InferenceWorker:
             self._fail_safely(target, ack)
 
     def _acknowledger(self, msg: mqtt.MQTTMessage) -> Callable[[], None]:
-        generation, done = self._generation, threading.Event()
+        generation, once = self._generation, threading.Lock()  # a lock taken once: cheaper than an Event
 
         def ack() -> None:
-            if msg.qos > 0 and generation == self._generation and not done.is_set():
-                done.set()
+            if msg.qos > 0 and generation == self._generation and once.acquire(blocking=False):
                 self._client.ack(msg.mid, msg.qos)
 
         return ack
@@ -298,10 +305,24 @@ class InferenceWorker:
                 req.tensor,
                 deadline_s=None if req.deadline_ms is None else req.deadline_ms / 1000.0,
                 priority=req.priority,
+                inline=not self._backlog(),
             )
         except (InvalidInput, WireFormatError, Overloaded) as exc:
             return self._fail(target, error_code_for(exc), str(exc))
         future.add_done_callback(lambda f: self._finish(f, req, single, service, target))
+
+    def _backlog(self) -> bool:
+        """Whether more bytes wait on the connection: requests behind this one, which a batch should hold together."""
+        sock = self._client.socket()
+        if sock is None:
+            return True
+        pending = getattr(sock, "pending", None)  # a TLS socket keeps decrypted bytes of its own
+        if pending is not None and pending():
+            return True
+        if self._polled is not sock:  # one poller per connection
+            self._poller, self._polled = select.poll(), sock
+            self._poller.register(sock, select.POLLIN)
+        return bool(self._poller.poll(0))
 
     def _finish(
         self, f: Future[np.ndarray], req: wire.Message, single: bool, service: InferenceService, target: _Target

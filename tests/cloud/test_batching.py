@@ -1,7 +1,10 @@
+import threading
+
 import numpy as np
 import pytest
+from waiting import PATIENCE_S
 
-from sdk.cloud.batching import Batcher, BatcherConfig, BatchQueue, Pending
+from sdk.cloud.batching import INLINE_MAX_S, Batcher, BatcherConfig, BatchQueue, Pending
 from sdk.errors import DeadlineExceeded, Overloaded
 
 
@@ -69,4 +72,92 @@ def test_driver_expired_request_fails_with_deadline():
         with pytest.raises(DeadlineExceeded):
             b.submit(np.ones((1, 2), np.float32), deadline_s=-1.0).result(10)
     finally:
+        b.close()
+
+
+def test_only_a_lone_request_on_an_idle_queue_without_delay_may_leave_at_once():
+    q = BatchQueue(BatcherConfig(max_batch_size=4, max_queue_delay_ms=0))
+    assert q.takes_at_once(item(0.0), now=0.0)
+    assert q.takes_at_once(item(0.0, deadline=1.0), now=0.5)
+    assert not q.takes_at_once(item(0.0, deadline=1.0), now=1.0)  # expired: the queue fails it with its deadline
+    assert not q.takes_at_once(item(0.0, n=5), now=0.0)  # more samples than a batch holds
+    q.push(item(0.0))
+    assert not q.takes_at_once(item(0.0), now=0.0)  # someone waits already: join the batch
+    delayed = BatchQueue(BatcherConfig(max_queue_delay_ms=5))
+    assert not delayed.takes_at_once(item(0.0), now=0.0)  # a configured delay asks for fuller batches
+
+
+class FakeClock:
+    """Time that moves only when the fake model says a run took so long."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_quick_idle_model_answers_an_inline_request_on_the_callers_thread():
+    clock, ran_on = FakeClock(), []
+
+    def model(x):
+        ran_on.append(threading.current_thread().name)
+        return x * 2
+
+    b = Batcher(model, BatcherConfig(), clock=clock)
+    try:
+        assert (b.submit(np.ones((1, 2), np.float32), inline=True).result(PATIENCE_S) == 2).all()
+        assert ran_on == ["fedge-batcher"]  # no run time known yet: the batcher's thread runs the first
+        f = b.submit(np.ones((1, 2), np.float32), inline=True)
+        assert f.done()  # answered before submit returned
+        assert (f.result() == 2).all()
+        b.submit(np.ones((1, 2), np.float32)).result(PATIENCE_S)  # without inline: the batcher's thread
+        assert ran_on == ["fedge-batcher", threading.current_thread().name, "fedge-batcher"]
+    finally:
+        b.close()
+
+
+def test_a_slow_model_keeps_inline_requests_on_the_batchers_thread():
+    clock, ran_on = FakeClock(), []
+
+    def model(x):
+        ran_on.append(threading.current_thread().name)
+        clock.now += 10 * INLINE_MAX_S  # each run takes ten times the bound
+        return x
+
+    b = Batcher(model, BatcherConfig(), clock=clock)
+    try:
+        for _ in range(3):
+            b.submit(np.ones((1, 2), np.float32), inline=True).result(PATIENCE_S)
+        assert ran_on == ["fedge-batcher"] * 3
+    finally:
+        b.close()
+
+
+def test_requests_that_come_while_an_inline_run_holds_the_model_leave_together_next():
+    clock, sizes, started, gate = FakeClock(), [], threading.Event(), threading.Event()
+    b = Batcher(lambda x: x, BatcherConfig(), clock=clock, on_batch=sizes.append)
+    try:
+        b.submit(np.ones((1, 2), np.float32)).result(PATIENCE_S)  # a quick run: inline from now on
+
+        def held(x):
+            started.set()
+            assert gate.wait(PATIENCE_S)
+            return x
+
+        b._run = held  # fault injection: hold the model while the caller's thread runs it
+        caller = threading.Thread(target=lambda: b.submit(np.ones((1, 2), np.float32), inline=True))
+        caller.start()
+        assert started.wait(PATIENCE_S)
+        b._run = lambda x: x
+        waiting = [b.submit(np.ones((1, 2), np.float32), inline=True) for _ in range(3)]
+        assert not any(f.done() for f in waiting)  # none ran beside the held run
+        assert b.depth() == 3
+        gate.set()
+        caller.join(PATIENCE_S)
+        for f in waiting:
+            f.result(PATIENCE_S)
+        assert sizes == [1, 1, 3]
+    finally:
+        gate.set()
         b.close()

@@ -17,7 +17,7 @@ from sdk.edge import EdgeConfig, EdgeRuntime
 from sdk.edge.breaker import CircuitBreaker
 from sdk.edge.cloud_client import CloudClient
 from sdk.errors import CloudUnavailable, DeadlineExceeded, Overloaded, RemoteError, UnknownModel
-from sdk.mqtt import MqttSettings, connect, make_client
+from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
 
 
 @pytest.fixture
@@ -183,6 +183,35 @@ def test_a_worker_holds_more_requests_than_the_brokers_default_window(broker, mo
                 poll(lambda: svc.batcher.depth() >= wanted - 1, f"{wanted - 1} requests queued behind the held one")
                 svc.gate.set()
                 poll(lambda: len(requester.replies) == wanted, f"all {wanted} answered")
+            finally:
+                requester.close()
+    finally:
+        svc.close()
+
+
+def test_a_lone_request_skips_the_batchers_thread_and_a_burst_is_still_batched(broker, model_dir):
+    settings = MqttSettings.from_address(broker.address)
+    svc = InferenceService.from_model_dir(model_dir)
+    runs: list[tuple[str, int]] = []
+    try:
+        with InferenceWorker({svc.name: svc}, settings) as worker:
+            counted = svc.batcher.on_batch
+            svc.batcher.on_batch = lambda size: (runs.append((threading.current_thread().name, size)), counted(size))
+            requester = RawRequester(settings)
+            try:
+                payload = wire.encode(wire.request(svc.name, np.zeros((1, 8, 8), np.float32)))
+                lone = 10
+                for _ in range(lone):  # one at a time: the first on the batcher's thread, then a model known quick
+                    assert requester.ask(topics.infer(svc.name), payload).kind == "reply"
+                assert runs[0] == ("fedge-batcher", 1)
+                assert runs[lone - 1] == (f"fedge-worker-{worker.worker_id}", 1)  # the worker's network thread
+                burst = [f"burst-{i}".encode() for i in range(200)]
+                for key in burst:  # published at once, unacknowledged: they wait on the worker's connection
+                    props = publish_properties(response_topic=requester.reply_topic, correlation=key)
+                    requester.client.publish(topics.infer(svc.name), payload, qos=1, properties=props)
+                poll(lambda: all(key in requester.replies for key in burst), "every request of the burst answered")
+                assert worker.answered == lone + len(burst)
+                assert max(size for _, size in runs[lone:]) > 1  # the burst went through batches
             finally:
                 requester.close()
     finally:
