@@ -76,7 +76,6 @@ def run_federation(grid: Grid, context: Context, settings: FederationSettings) -
             stopped = accountant.refusal() if accountant is not None else None
             if stopped is not None:
                 log.error(stopped)
-                flwr_log(logging.ERROR, stopped)
                 break
 
             # --- TRAIN (ClientApp side): configure, send, receive, guard, aggregate ---
