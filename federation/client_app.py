@@ -6,8 +6,9 @@ and ``fedge edge join --partition-id K`` set them). A device with its own data n
 function in the node config instead, ``data-provider = "mypackage.data:load"``, which
 returns ``(x, y)``: float32 images ``(N, 1, 8, 8)`` and int64 labels.
 
-Privacy runs as Flower mods chosen from the run config: ``fixedclipping_mod`` clips the
-update before it leaves (DP), ``secaggplus_mod`` masks it (SecAgg+), clipping inside masking.
+Privacy runs as the Flower mods of the run config's privacy mode (federation/privacy.py):
+``fixedclipping_mod`` clips the update before it leaves (DP), ``secaggplus_mod`` masks it
+(SecAgg+), clipping inside masking.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Context, Message
-from flwr.app.message_type import MessageType
 from flwr.client import ClientApp, NumPyClient
-from flwr.client.mod import fixedclipping_mod, make_ffn, secaggplus_mod
+from flwr.client.mod import make_ffn
 
 from federation.settings import FederationSettings
 from federation.strategy import array_digest
@@ -72,7 +71,7 @@ class DigitsClient(NumPyClient):
             seed=self.settings.seed * 100_003 + server_round * 1009 + self.partition,
             proximal_mu=float(config.get("proximal-mu", 0.0)),
         )
-        weights = _attack(get_weights(self.model), parameters, self.settings, self.partition, server_round)
+        weights = get_weights(self.model)
         if self.settings.audit_dir:
             _audit(self.settings.audit_dir, server_round, self.partition, weights)
         # DP calibrates its noise to one client's clipped update in a plain average: equal weights.
@@ -86,29 +85,6 @@ class DigitsClient(NumPyClient):
         set_weights(self.model, parameters)
         loss, acc = evaluate(self.model, self.x, self.y)
         return loss, len(self.y), {"accuracy": acc}
-
-
-def _attack(
-    weights: list[np.ndarray],
-    received: list[np.ndarray],
-    settings: FederationSettings,
-    partition: int,
-    server_round: int,
-) -> list[np.ndarray]:
-    # Fault injection for the robustness tests: a real client cannot be made malicious on demand.
-    if settings.attack == "none" or partition != settings.attack_partition:
-        return weights
-    if settings.attack == "scale":
-        return [r + 100.0 * (w - r) for w, r in zip(weights, received, strict=True)]
-    if settings.attack == "sign-flip":
-        return [r - 10.0 * (w - r) for w, r in zip(weights, received, strict=True)]
-    if settings.attack == "nan":
-        return [np.full_like(w, np.nan) for w in weights]
-    if settings.attack == "hang":
-        if server_round == 1:  # silent until well past round 1's timeout, then back for the rounds after it
-            time.sleep(settings.round_timeout_s * 2)
-        return weights
-    return [w[..., :1] for w in weights]  # wrong-shape
 
 
 def _audit(audit_dir: str, server_round: int, partition: int, weights: list[np.ndarray]) -> None:
@@ -125,30 +101,10 @@ def client_fn(context: Context) -> object:
     return DigitsClient(x, y, partition, settings).to_client()
 
 
-def finite_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    """Refuse to send a non-finite update: under SecAgg+ the server could not see it to drop it.
-
-    (Quantization would turn a NaN into a finite but arbitrary number inside the masked sum.)
-    """
-    out = call_next(msg, context)
-    if msg.metadata.message_type == MessageType.TRAIN and not out.has_error():
-        for record in out.content.array_records.values():
-            if not all(np.isfinite(a).all() for a in record.to_numpy_ndarrays()):
-                raise ValueError("refusing to send a non-finite update")
-    return out
-
-
 def privacy_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    """Apply SecAgg+ masking and DP clipping as the run config asks (clipping inside masking)."""
+    """Run the mods of the run config's privacy mode around the client."""
     settings = FederationSettings.from_run_config(context.run_config)
-    mods = []  # outermost first
-    if settings.secure_aggregation:
-        mods.append(secaggplus_mod)
-    if settings.differential_privacy:
-        mods.append(fixedclipping_mod)
-    if settings.secure_aggregation:
-        mods.append(finite_mod)
-    return make_ffn(call_next, mods)(msg, context)
+    return make_ffn(call_next, settings.privacy_mode.client_mods())(msg, context)
 
 
 app = ClientApp(client_fn=client_fn, mods=[privacy_mod])

@@ -1,41 +1,48 @@
 """The Flower ServerApp: rounds of private, guarded aggregation; each accepted global model a new version.
 
-Per round: sample clients, train on their data, aggregate (SecAgg+ when the privacy mode
-asks: the server only sees the masked sum), add DP noise (client-side clipping, noise on
-the aggregate, epsilon from the RDP accountant), validate the global model on the held-out
-validation split, and export it as a candidate version when the gate accepts it (never at
-chance level, never below the floor or the current release); with ``release``, the release
-pipeline exports, checks, registers and releases it. A refusal is recorded with its reason in
-the report's ``refusals``.
+:func:`run_federation` is the whole round, its phases in order as in Flower's
+``Strategy.start()``: stop conditions (the privacy budget), train (configure, send,
+receive, validate the updates, aggregate them robustly, DP noise: the privacy mode's fit
+workflow and strategy wrapper), privacy accounting, evaluation of the global model on the
+held-out validation split, and the candidate step (the gate, then export and registration:
+never at chance level, never below the floor or the current release; with ``release``, the
+release pipeline exports, checks, registers and releases it staged; a refusal is recorded
+with its reason in the report's ``refusals``).
 The run config is validated before any node is contacted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import flwr.compat.common.recorddict_compat as compat
 import numpy as np
-from flwr.app import Context
+import torch
+from flwr.app import ConfigRecord, Context
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.compat.app_utils import start_update_client_manager_thread
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.supercore import log as flwr_log
 
-from federation.accountant import PrivacyAccountant
 from federation.gate import ValidationGate, chance_floor
 from federation.release_pipeline import ReleasePipeline
 from federation.settings import FederationSettings
 from federation.strategy import FedgeStrategy, build_strategy
 from federation.task import LABELS, DigitsCNN, Split, evaluate, get_weights, load_split, set_seed, set_weights
 from federation.versions import VersionStore, split_key
-from federation.workflow import fit_with_timeout
 from sdk.errors import ExportError, GateRefused, RegistryError, ReleaseRefused
 from sdk.registry_client import RegistryClient
 
-__all__ = ["app", "run_federation"]
+__all__ = ["CandidateStep", "app", "run_federation"]
 
 log = logging.getLogger("fedge.federation")
 
@@ -51,110 +58,162 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_federation(grid: Grid, context: Context, settings: FederationSettings) -> dict[str, Any]:
     """Run every round of ``settings`` and return (and write, with ``report-path``) the report."""
+    # The clients' training is every round's critical path, and on a loaded machine an idle intra-op
+    # pool of the server's torch spins on the cores they need; a 270-sample validation needs no pool.
+    torch.set_num_threads(1)
     set_seed(settings.seed)
-    model = DigitsCNN()
-    if settings.init_checkpoint:
-        from federation.export import load_checkpoint
-
-        model, _ = load_checkpoint(settings.init_checkpoint)
-    initial = get_weights(model)
+    model = _initial_model(settings)
     split = load_split(settings.seed)
-    accountant = PrivacyAccountant(settings.delta) if settings.differential_privacy else None
-    store = _version_store(settings)
-    validation = split_key(settings.seed, len(split.y_val))
-    gate = _gate(settings, split, store, validation)
-    pipeline = ReleasePipeline.from_settings(settings, store, split) if settings.release and store else None
-    candidates: list[dict[str, Any]] = []
-    refusals: list[dict[str, Any]] = []
-    report: dict[str, Any] = {"run_id": context.run_id, "settings": settings.to_run_config(), "gate_floor": gate.floor}
+    privacy = settings.privacy_mode
+    accountant = privacy.accountant(settings)
+    candidates = CandidateStep(settings, split, run_id=str(context.run_id))
+    guard = FedgeStrategy(build_strategy(settings, get_weights(model)), settings, audit_dir=settings.audit_dir or None)
+    legacy = LegacyContext(context, config=ServerConfig(num_rounds=settings.num_server_rounds), strategy=guard)
+    fit = privacy.fit_workflow(settings)
+    rounds: list[dict[str, Any]] = []
+    stopped: str | None = None
 
-    def evaluate_round(server_round: int, arrays: list[np.ndarray]) -> tuple[float, dict[str, Any]]:
-        set_weights(model, arrays)
-        loss, acc = evaluate(model, split.x_val, split.y_val)
-        metrics: dict[str, Any] = {"val_accuracy": round(acc, 5)}
-        if server_round == 0 or store is None:
-            return loss, metrics
-        decision = gate.consider(server_round, acc)
+    with _nodes_tracked(grid, legacy):
+        _set_global(legacy, get_weights(model))
+        for server_round in range(1, settings.num_server_rounds + 1):
+            flwr_log(logging.INFO, "[ROUND %s]", server_round)  # `fedge federate` follows the run by this line
+
+            # --- STOP CONDITIONS -------------------------------------------------------
+            stopped = accountant.refusal() if accountant is not None else None
+            if stopped is not None:
+                log.error(stopped)
+                break
+
+            # --- TRAIN (ClientApp side): configure, send, receive, guard, aggregate ---
+            started = time.perf_counter()
+            guard.start_round()
+            legacy.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND] = server_round
+            fit(grid, legacy)
+            if not guard.sampled:
+                log.warning("round %d: no client was sampled", server_round)
+                continue
+
+            # --- PRIVACY ACCOUNTING ----------------------------------------------------
+            record: dict[str, Any] = {"round": server_round}
+            if accountant is not None:
+                accountant.spend()
+            if guard.outcome is None:
+                continue  # the clients were asked but the round never aggregated
+
+            # --- EVALUATE (ServerApp side): the global model on the validation split ---
+            set_weights(model, _global_arrays(legacy))
+            loss, accuracy = evaluate(model, split.x_val, split.y_val)
+            record.update(val_loss=round(loss, 5), val_accuracy=round(accuracy, 5))
+            epsilon = None if accountant is None else accountant.epsilon
+
+            # --- CANDIDATE: the gate, then export and registration ---------------------
+            record.update(candidates.consider(server_round, model, loss=loss, accuracy=accuracy, epsilon=epsilon))
+
+            record.update(guard.outcome, seconds=round(time.perf_counter() - started, 3))
+            if accountant is not None:
+                record.update(epsilon=round(epsilon, 4), delta=settings.delta)
+            rounds.append(record)
+
+    set_weights(model, _global_arrays(legacy))
+    _, test_accuracy = evaluate(model, split.x_test, split.y_test)
+    report: dict[str, Any] = {
+        "run_id": context.run_id,
+        "settings": settings.to_run_config(),
+        "gate_floor": candidates.gate.floor,
+        "rounds": rounds,
+        "candidates": candidates.kept,
+        "refusals": candidates.refusals,
+        "stopped": stopped,
+        "test_accuracy": round(test_accuracy, 5),
+        "epsilon": None if accountant is None else round(accountant.epsilon, 4),
+    }
+    if settings.report_path:
+        _write_json(Path(settings.report_path), report)
+    return report
+
+
+class CandidateStep:
+    """Decides on each round's global model (the gate) and keeps the accepted ones as versions."""
+
+    def __init__(self, settings: FederationSettings, split: Split, *, run_id: str) -> None:
+        """The gate and version store of this run (no store: nothing is kept, nothing is gated)."""
+        self.settings = settings
+        self.split = split
+        self.run_id = run_id
+        self.store = _version_store(settings)
+        self.validation = split_key(settings.seed, len(split.y_val))
+        self.gate = _gate(settings, split, self.store, self.validation)
+        self.pipeline = (
+            ReleasePipeline.from_settings(settings, self.store, split) if settings.release and self.store else None
+        )
+        #: The report's ``candidates`` and ``refusals``.
+        self.kept: list[dict[str, Any]] = []
+        self.refusals: list[dict[str, Any]] = []
+
+    def consider(
+        self, server_round: int, model: DigitsCNN, *, loss: float, accuracy: float, epsilon: float | None
+    ) -> dict[str, Any]:
+        """Gate the round's model and keep it when accepted; return what the round's record adds."""
+        if self.store is None:
+            return {}
+        decision = self.gate.consider(server_round, accuracy)
         if not decision.accepted:
             log.info("round %d not a candidate: %s", server_round, decision.reason)
-            refusals.append({**decision.as_record(), "error": GateRefused.__name__})
-            return loss, metrics
-        epsilon = accountant.epsilon if accountant else None
+            self.refusals.append({**decision.as_record(), "error": GateRefused.__name__})
+            return {}
+        settings = self.settings
         lineage = {
             "source": "federation",
-            "run_id": str(context.run_id),
+            "run_id": self.run_id,
             "round": server_round,
             "privacy": settings.privacy,
             "epsilon": epsilon,
-            "delta": settings.delta if accountant else None,
+            "delta": settings.delta if epsilon is not None else None,
             "clients": settings.clients_per_round,
             "strategy": settings.strategy,
             "robust": settings.robust,
-            "metrics": {"val_accuracy": acc, "val_loss": loss},
-            "validation_split": validation,
+            "metrics": {"val_accuracy": accuracy, "val_loss": loss},
+            "validation_split": self.validation,
             "gate": decision.as_record(),
         }
         try:
-            if pipeline is not None:
-                outcome = pipeline.release(model, lineage)
+            if self.pipeline is not None:
+                outcome = self.pipeline.release(model, lineage)
                 stored = outcome.stored
             else:
-                outcome, stored = None, store.export(model, split, lineage, tflite=settings.export_tflite)
+                outcome, stored = None, self.store.export(model, self.split, lineage, tflite=settings.export_tflite)
         except (ExportError, RegistryError) as exc:
             log.warning("round %d model not kept: %s", server_round, exc)
-            gate.withdraw(decision)
+            self.gate.withdraw(decision)
             refused = {"accepted": False, "reason": str(exc), "error": type(exc).__name__}
-            refusals.append({**decision.as_record(), **refused})
-            return loss, metrics
-        metrics["candidate_version"] = stored.version
-        candidates.append(
+            self.refusals.append({**decision.as_record(), **refused})
+            return {}
+        self.kept.append(
             {
                 "version": stored.version,
                 "round": server_round,
-                "val_accuracy": acc,
+                "val_accuracy": accuracy,
                 "directory": str(stored.directory),
-                "registered": None if store.registry is None else stored.registry_error is None,
+                "registered": None if self.store.registry is None else stored.registry_error is None,
                 **({"registry_error": stored.registry_error} if stored.registry_error else {}),
                 **({"release": outcome.as_record()} if outcome else {}),
             }
         )
         if outcome is not None and not outcome.released:  # registered, never released: the gate's bar goes back
-            gate.withdraw(decision)
+            self.gate.withdraw(decision)
             refused = {"accepted": False, "reason": outcome.reason, "error": ReleaseRefused.__name__}
-            refusals.append({**decision.as_record(), **refused})
-        return loss, metrics
+            self.refusals.append({**decision.as_record(), **refused})
+        return {"candidate_version": stored.version}
 
-    strategy = FedgeStrategy(
-        build_strategy(settings, initial),
-        settings,
-        evaluate_round,
-        accountant=accountant,
-        audit_dir=settings.audit_dir or None,
-    )
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=settings.num_server_rounds), strategy=strategy)
-    if settings.secure_aggregation:
-        fit = SecAggPlusWorkflow(
-            num_shares=settings.clients_per_round,
-            reconstruction_threshold=max(2, settings.clients_per_round // 2 + 1),
-            timeout=settings.round_timeout_s,
-        )
-    else:
-        fit = fit_with_timeout(settings.round_timeout_s)
-    DefaultWorkflow(fit_workflow=fit)(grid, legacy)
 
-    set_weights(model, list(_final_arrays(legacy)))
-    _, test_accuracy = evaluate(model, split.x_test, split.y_test)
-    report.update(
-        rounds=strategy.rounds,
-        candidates=candidates,
-        refusals=refusals,
-        stopped=strategy.stopped,
-        test_accuracy=round(test_accuracy, 5),
-        epsilon=round(accountant.epsilon, 4) if accountant else None,
-    )
-    if settings.report_path:
-        _write_json(Path(settings.report_path), report)
-    return report
+def _initial_model(settings: FederationSettings) -> DigitsCNN:
+    """A fresh model, or the one of ``init-checkpoint``."""
+    if not settings.init_checkpoint:
+        return DigitsCNN()
+    from federation.export import load_checkpoint
+
+    model, _ = load_checkpoint(settings.init_checkpoint)
+    return model
 
 
 def _version_store(settings: FederationSettings) -> VersionStore | None:
@@ -179,11 +238,28 @@ def _gate(settings: FederationSettings, split: Split, store: VersionStore | None
     )
 
 
-def _final_arrays(context: LegacyContext) -> list[np.ndarray]:
-    import flwr.compat.common.recorddict_compat as compat
-    from flwr.common import parameters_to_ndarrays
-    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+@contextlib.contextmanager
+def _nodes_tracked(grid: Grid, context: LegacyContext) -> Iterator[None]:
+    """Keep the legacy client manager in step with the nodes the grid sees, from the first registration on."""
+    thread, stop, registered = start_update_client_manager_thread(grid, context.client_manager)
+    registered.wait()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
+
+def _set_global(context: LegacyContext, arrays: list[np.ndarray]) -> None:
+    """Start the legacy state: the global arrays and the round counter the fit workflows read."""
+    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        ndarrays_to_parameters(arrays), keep_input=True
+    )
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.START_TIME: time.time()})
+
+
+def _global_arrays(context: LegacyContext) -> list[np.ndarray]:
+    """The global model's arrays as the last aggregation left them."""
     record = context.state.array_records[MAIN_PARAMS_RECORD]
     return parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
 

@@ -12,17 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from federation.privacy import MODES, PrivacyMode
 from sdk.config import check, from_mapping
 from sdk.manifest import ARTIFACT_KINDS
 
-__all__ = ["PRIVACY_MODES", "ROBUST_MODES", "STRATEGIES", "FederationSettings", "Privacy", "Robust", "Strategy"]
+__all__ = ["PRIVACY_MODES", "ROBUST_MODES", "STRATEGIES", "FederationSettings", "Robust", "Strategy"]
 
 Strategy = Literal["fedavg", "fedprox", "fedadam"]
-Privacy = Literal["none", "secagg", "dp", "secagg+dp"]
 Robust = Literal["none", "trimmed-mean", "median", "krum"]
-Attack = Literal["none", "scale", "sign-flip", "nan", "wrong-shape", "hang"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
-PRIVACY_MODES: tuple[str, ...] = get_args(Privacy)
+#: The ``privacy`` values: the modes of federation/privacy.py.
+PRIVACY_MODES: tuple[str, ...] = tuple(MODES)
 ROBUST_MODES: tuple[str, ...] = get_args(Robust)
 
 
@@ -39,7 +39,7 @@ class FederationSettings:
     batch_size: int = 16
     proximal_mu: float = 0.01
     server_lr: float = 0.05
-    privacy: Privacy = "none"
+    privacy: str = "none"  # a name of federation.privacy.MODES
     noise_multiplier: float = 0.5
     clipping_norm: float = 1.0
     delta: float = 1e-5
@@ -61,8 +61,6 @@ class FederationSettings:
     release: bool = False
     release_targets: str = "onnx-fp32,onnx-int8,tflite"
     export_config: str = ""
-    attack: Attack = "none"
-    attack_partition: int = -1
     audit_dir: str = ""
     report_path: str = ""
     init_checkpoint: str = ""
@@ -105,14 +103,8 @@ class FederationSettings:
             "release-targets",
             f"must list artifact kinds among {', '.join(ARTIFACT_KINDS)}, got {self.release_targets!r}",
         )
-        check(-1 <= self.attack_partition < self.num_clients, "attack-partition", "must be -1 or a partition id")
-        if self.secure_aggregation:
-            check(
-                self.robust == "none",
-                "robust",
-                f"{self.robust} needs every client's update, which privacy={self.privacy!r} hides from the server",
-            )
-            check(self.clients_per_round >= 3, "clients-per-round", "secure aggregation needs at least 3 clients")
+        check(self.privacy in MODES, "privacy", f"must be one of {', '.join(MODES)}, got {self.privacy!r}")
+        self.privacy_mode.check(self)
         if self.robust == "krum":
             check(
                 self.clients_per_round > 2 * self.byzantine_clients + 2,
@@ -121,14 +113,19 @@ class FederationSettings:
             )
 
     @property
+    def privacy_mode(self) -> PrivacyMode:
+        """The privacy mode object: client mods, server fit workflow, strategy wrapper, accountant."""
+        return MODES[self.privacy]
+
+    @property
     def secure_aggregation(self) -> bool:
         """Whether SecAgg+ hides individual updates from the server."""
-        return self.privacy in ("secagg", "secagg+dp")
+        return self.privacy_mode.secure_aggregation
 
     @property
     def differential_privacy(self) -> bool:
         """Whether updates are clipped and the aggregate noised."""
-        return self.privacy in ("dp", "secagg+dp")
+        return self.privacy_mode.differential_privacy
 
     @property
     def release_kinds(self) -> tuple[str, ...]:

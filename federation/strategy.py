@@ -1,11 +1,13 @@
-"""The server's strategy: Flower's aggregation (plain, robust or DP) inside a guard that Fedge adds.
+"""The server's strategy: Flower's aggregation (plain, robust, wrapped by the privacy mode) inside Fedge's guard.
 
 ```
 FedgeStrategy            drops wrong-shape and non-finite updates, keeps a NaN aggregate out,
-                         spends the privacy budget, evaluates on the validation split, gates versions
-└── DifferentialPrivacyClientSideFixedClipping      (privacy dp, secagg+dp)
+                         notes what each round sampled, kept and dropped
+└── the privacy mode's wrapper (federation/privacy.py; DP: DifferentialPrivacyClientSideFixedClipping)
     └── FedAvg | FedProx | FedAdam | FedTrimmedAvg | FedMedian | Krum
 ```
+Evaluation, the privacy budget and the candidate step are phases of the round
+(federation/server_app.py), not of the strategy.
 Under SecAgg+ the workflow hands the strategy only the unmasked sum: every result it
 sees carries the same aggregate, never a client's own update.
 """
@@ -15,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from flwr.common import (
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import (
-    DifferentialPrivacyClientSideFixedClipping,
     FedAdam,
     FedAvg,
     FedMedian,
@@ -44,16 +43,12 @@ from flwr.server.strategy import (
     Strategy,
 )
 
-from federation.accountant import PrivacyAccountant
 from federation.settings import FederationSettings
 from sdk.config import check
 
-__all__ = ["FedgeStrategy", "RoundEvaluator", "array_digest", "build_strategy", "check_update"]
+__all__ = ["FedgeStrategy", "array_digest", "build_strategy", "check_update"]
 
 log = logging.getLogger("fedge.federation")
-
-#: ``evaluate(round, arrays) -> (loss, metrics)``: the server-side validation of a global model.
-RoundEvaluator = Callable[[int, list[np.ndarray]], tuple[float, dict[str, Scalar]]]
 
 
 def array_digest(arrays: list[np.ndarray]) -> str:
@@ -77,7 +72,7 @@ def check_update(arrays: list[np.ndarray], shapes: list[tuple[int, ...]]) -> str
 
 
 def build_strategy(settings: FederationSettings, initial: list[np.ndarray]) -> Strategy:
-    """Flower's aggregation for ``settings``: plain, robust, and wrapped for DP where asked."""
+    """Flower's aggregation for ``settings``: plain or robust, wrapped as the privacy mode needs."""
     check(
         settings.robust == "none" or settings.strategy != "fedadam",
         "robust",
@@ -105,42 +100,29 @@ def build_strategy(settings: FederationSettings, initial: list[np.ndarray]) -> S
         base = FedAdam(**common, eta=settings.server_lr, eta_l=settings.lr, tau=1e-3)
     else:
         base = FedAvg(**common)
-    if settings.differential_privacy:
-        base = DifferentialPrivacyClientSideFixedClipping(
-            base,
-            noise_multiplier=settings.noise_multiplier,
-            clipping_norm=settings.clipping_norm,
-            num_sampled_clients=settings.clients_per_round,
-        )
-    return base
+    return settings.privacy_mode.wrap(base, settings)
 
 
 class FedgeStrategy(Strategy):
-    """Guards, accounts for and evaluates every round of an inner Flower strategy."""
+    """Guards the updates of an inner Flower strategy and notes what each round sampled, kept and dropped."""
 
-    def __init__(
-        self,
-        inner: Strategy,
-        settings: FederationSettings,
-        evaluate: RoundEvaluator,
-        *,
-        accountant: PrivacyAccountant | None = None,
-        audit_dir: str | None = None,
-    ) -> None:
-        """Wrap ``inner``; ``evaluate`` validates each round's global model on the server."""
+    def __init__(self, inner: Strategy, settings: FederationSettings, *, audit_dir: str | None = None) -> None:
+        """Wrap ``inner``; with ``audit_dir``, write digests of the updates the server sees there."""
         self.inner = inner
         self.settings = settings
-        self.evaluate_round = evaluate
-        self.accountant = accountant
         self.audit_dir = Path(audit_dir) if audit_dir else None
-        self.stopped: str | None = None
-        self.rounds: list[dict[str, Any]] = []
+        #: Clients sampled in the current round (0: none, the round did not start).
+        self.sampled = 0
+        #: ``clients``, ``dropped``, ``failures`` of the current round once it aggregated, else None.
+        self.outcome: dict[str, int] | None = None
         self._shapes: list[tuple[int, ...]] = []
-        self._round_started = time.perf_counter()
-        self._pending: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"FedgeStrategy({self.inner!r})"
+
+    def start_round(self) -> None:
+        """Forget the previous round's notes."""
+        self.sampled, self.outcome = 0, None
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """The inner strategy's initial parameters."""
@@ -149,21 +131,8 @@ class FedgeStrategy(Strategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        """Sample clients, unless the run stopped or this round would overspend the privacy budget."""
-        if self.stopped:
-            return []
-        if self.accountant is not None and self.settings.epsilon_budget > 0:
-            after = self.accountant.epsilon_after(self.settings.sample_rate, self.settings.noise_multiplier)
-            if after > self.settings.epsilon_budget:
-                self.stopped = (
-                    f"privacy budget exhausted: round {server_round} would spend epsilon {after:.3f} > "
-                    f"{self.settings.epsilon_budget:g} (delta {self.settings.delta:g}); "
-                    f"stopping after {server_round - 1} rounds at epsilon {self.accountant.epsilon:.3f}"
-                )
-                log.error(self.stopped)
-                return []
+        """Sample clients through the inner strategy and add the run's training config."""
         self._shapes = [tuple(a.shape) for a in parameters_to_ndarrays(parameters)]
-        self._round_started = time.perf_counter()
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         for _, fit_ins in instructions:
             fit_ins.config.update(
@@ -173,8 +142,7 @@ class FedgeStrategy(Strategy):
                     "proximal-mu": self.settings.proximal_mu if self.settings.strategy == "fedprox" else 0.0,
                 }
             )
-        if instructions and self.accountant is not None:
-            self.accountant.spend(self.settings.sample_rate, self.settings.noise_multiplier)
+        self.sampled = len(instructions)
         return instructions
 
     def aggregate_fit(
@@ -197,7 +165,7 @@ class FedgeStrategy(Strategy):
             kept.append((proxy, res))
         if self.audit_dir is not None:
             self._audit(server_round, seen)
-        self._pending = {"clients": len(kept), "dropped": dropped, "failures": len(failures)}
+        self.outcome = {"clients": len(kept), "dropped": dropped, "failures": len(failures)}
         if not kept:
             log.warning("round %d: no usable update; the global model stays as it was", server_round)
             return None, {}
@@ -212,8 +180,8 @@ class FedgeStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        """The inner strategy's federated evaluation (off by default: the server validates)."""
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+        """No federated evaluation: the server validates each round's model itself."""
+        return []
 
     def aggregate_evaluate(
         self,
@@ -221,28 +189,12 @@ class FedgeStrategy(Strategy):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
-        """The inner strategy's aggregation of federated evaluation."""
-        return self.inner.aggregate_evaluate(server_round, results, failures)
+        """Nothing to aggregate (no federated evaluation)."""
+        return None, {}
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
-        """Validate the global model of this round and record the round."""
-        if server_round > 0 and (self.stopped or not self._pending):
-            return None  # no training happened in this round
-        loss, metrics = self.evaluate_round(server_round, parameters_to_ndarrays(parameters))
-        if server_round > 0:
-            record = {
-                "round": server_round,
-                "val_loss": round(loss, 5),
-                **metrics,
-                **self._pending,
-                "seconds": round(time.perf_counter() - self._round_started, 3),
-            }
-            if self.accountant is not None:
-                record["epsilon"] = round(self.accountant.epsilon, 4)
-                record["delta"] = self.settings.delta
-            self.rounds.append(record)
-            self._pending = {}
-        return loss, metrics
+        """None: validation is a phase of the round (federation/server_app.py)."""
+        return None
 
     def _audit(self, server_round: int, digests: list[str]) -> None:
         assert self.audit_dir is not None

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from federation.accountant import PrivacyAccountant, epsilon_from_rdp, rdp_sampled_gaussian
 from sdk.errors import PrivacyBudgetExhausted
+from tests.federation.rdp_oracle import ORDERS, PrivacyAccountant, epsilon_from_rdp, rdp_sampled_gaussian
 
 
 def rdp_by_quadrature(q: float, sigma: float, order: int) -> float:
@@ -58,3 +58,105 @@ def test_budget_stops_the_round_that_would_overspend():
 def test_bad_settings(kwargs):
     with pytest.raises(ValueError, match="must be"):
         PrivacyAccountant(**kwargs)
+
+
+# Fedge's accountant is Flower's (federation/accountant.py); the oracle above checks it.
+
+
+def flower_rdp(sampling, population: int, orders=None):
+    from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    config = PrivacyConfig(1e-5, population, NeighboringRelation.ADD_OR_REMOVE_ONE, sampling)
+    return RdpAccountant(config, orders=orders)
+
+
+@pytest.mark.parametrize(
+    ("sampled", "population", "sigma"), [(3, 10, 0.8), (6, 10, 1.0), (10, 10, 2.0), (5, 5, 0.5), (5, 5, 0.05)]
+)
+def test_flower_and_the_oracle_agree_on_the_same_mechanism_and_orders(sampled, population, sigma):
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent, SamplingMethod
+
+    flower = flower_rdp(SamplingMethod.POISSON, population, orders=tuple(float(a) for a in ORDERS))
+    flower.compose(GaussianPrivacyEvent(sigma, sampled, population), 5)
+    oracle = PrivacyAccountant(delta=1e-5)
+    for _ in range(5):
+        oracle.spend(sampled / population, sigma)
+    assert flower.get_epsilon(1e-5) == pytest.approx(oracle.epsilon, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("clients", "sigma", "rounds"),
+    [
+        pytest.param(5, 0.5, 5, id="fedge-federate-defaults"),
+        pytest.param(3, 1.0, 2, id="budget-test"),
+        pytest.param(10, 1.0, 10, id="ten-clients"),
+        pytest.param(5, 2.0, 10, id="strong-noise"),
+    ],
+)
+def test_the_run_accountant_agrees_with_the_oracle_on_the_settings_we_use(clients, sigma, rounds):
+    from federation.settings import FederationSettings
+
+    settings = FederationSettings(privacy="dp", num_clients=clients, clients_per_round=clients, noise_multiplier=sigma)
+    accountant = settings.privacy_mode.accountant(settings)
+    oracle = PrivacyAccountant(delta=settings.delta)
+    for _ in range(rounds):
+        accountant.spend()
+        oracle.spend(settings.sample_rate, sigma)
+    # Flower's orders are finer than the oracle's integers, so its epsilon may only be lower, and only a little.
+    assert oracle.epsilon * 0.95 <= accountant.epsilon <= oracle.epsilon * (1 + 1e-9)
+    assert accountant.rounds == rounds
+
+
+@pytest.mark.parametrize(("sigma", "rounds"), [pytest.param(0.05, 8, id="secagg-dp-test"), (0.01, 5)])
+def test_with_almost_no_noise_both_say_there_is_no_meaningful_privacy(sigma, rounds):
+    # Below sigma 0.5 the best orders lie under 2, which only Flower's orders reach: its figure is lower, still vacuous.
+    from federation.accountant import RoundAccountant
+
+    accountant = RoundAccountant(delta=1e-5, noise_multiplier=sigma, sample_size=5, population=5)
+    oracle = PrivacyAccountant(delta=1e-5)
+    for _ in range(rounds):
+        accountant.spend(), oracle.spend(1.0, sigma)
+    assert 100 < accountant.epsilon <= oracle.epsilon
+
+
+def test_partial_participation_claims_no_amplification():
+    # A fixed number of clients sampled without replacement is not Poisson sampling: no amplification is claimed.
+    from federation.accountant import RoundAccountant
+
+    accountant = RoundAccountant(delta=1e-5, noise_multiplier=1.0, sample_size=3, population=10)
+    full = RoundAccountant(delta=1e-5, noise_multiplier=1.0, sample_size=10, population=10)
+    poisson = PrivacyAccountant(delta=1e-5)
+    for _ in range(4):
+        accountant.spend(), full.spend(), poisson.spend(0.3, 1.0)
+    assert accountant.epsilon == pytest.approx(full.epsilon)
+    assert accountant.epsilon > poisson.epsilon
+
+
+def test_the_run_accountant_refuses_the_round_that_would_overspend():
+    from federation.accountant import RoundAccountant
+
+    accountant = RoundAccountant(delta=1e-5, noise_multiplier=1.5, sample_size=5, population=5, epsilon_budget=3.0)
+    spent = []
+    while accountant.refusal() is None:
+        spent.append(accountant.spend())
+    before = accountant.epsilon
+    assert accountant.epsilon_after() > 3.0
+    assert accountant.epsilon == before  # looking ahead records nothing
+    with pytest.raises(PrivacyBudgetExhausted, match=rf"round {len(spent) + 1} would spend epsilon"):
+        accountant.spend()
+    assert accountant.rounds == len(spent) > 0
+    assert spent == sorted(spent)
+    assert accountant.epsilon <= 3.0
+    assert "stopping after" in accountant.refusal()
+
+
+def test_without_a_budget_nothing_is_refused():
+    from federation.accountant import RoundAccountant
+
+    accountant = RoundAccountant(delta=1e-5, noise_multiplier=0.1, sample_size=2, population=2)
+    assert accountant.epsilon == 0.0
+    for _ in range(20):
+        accountant.spend()
+    assert accountant.refusal() is None
+    assert accountant.epsilon > 100

@@ -6,15 +6,16 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from federation.accountant import PrivacyAccountant
-from federation.runner import SuperLink, run_app
+from federation.runner import SuperLink, flwr_run, run_app
 from federation.settings import FederationSettings
 from sdk.errors import ConfigError
+from tests.federation.attackers import write_app
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +31,24 @@ def link():
         yield running
 
 
+@pytest.fixture(scope="module")
+def attack_app(tmp_path_factory):
+    """The test-only app whose run config can turn one client into an attacker."""
+    return write_app(tmp_path_factory.mktemp("attack-app"))
+
+
 def simulate(link: SuperLink, **values) -> dict:
     settings = FederationSettings.from_run_config(values)
     return run_app(link.home, settings, num_supernodes=settings.num_clients, timeout_s=600)
+
+
+def attacked(link: SuperLink, app: Path, attack: str, partition: int, **values) -> dict:
+    """A run of Fedge's round in which the client of ``partition`` sends what ``attack`` makes of its update."""
+    settings = FederationSettings.from_run_config(values)
+    report_path = link.home / f"attacked-{time.time_ns()}.json"
+    run_config = {**settings.to_run_config(), "report-path": str(report_path)}
+    run_config.update({"attack": attack, "attack-partition": partition})
+    return flwr_run(link.home, app, run_config, report_path, num_supernodes=settings.num_clients, timeout_s=600)
 
 
 def audit(directory: Path, who: str) -> dict[int, set[str]]:
@@ -74,9 +90,11 @@ def test_secagg_dp_reaches_its_stated_accuracy_and_the_server_never_sees_a_plain
     epsilons = [r["epsilon"] for r in report["rounds"]]
     assert len(epsilons) == 8
     assert all(a < b for a, b in itertools.pairwise(epsilons))
-    accountant = PrivacyAccountant(delta=1e-5)
+    accountant = FederationSettings(privacy="dp", noise_multiplier=0.05).privacy_mode.accountant(
+        FederationSettings(privacy="dp", noise_multiplier=0.05)
+    )
     for _ in range(8):
-        expected = accountant.spend(1.0, 0.05)
+        expected = accountant.spend()
     assert report["epsilon"] == pytest.approx(expected, rel=1e-3)
     assert report["test_accuracy"] >= 0.75  # the accuracy the README states for this setting
 
@@ -87,11 +105,11 @@ def test_secagg_dp_reaches_its_stated_accuracy_and_the_server_never_sees_a_plain
         assert not seen & clients[round_no]  # and it is none of the clients' own updates
 
 
-def test_a_poisoned_client_is_contained_by_robust_aggregation(link, tmp_path):
+def test_a_poisoned_client_is_contained_by_robust_aggregation(link, attack_app, tmp_path):
     common = {"num-clients": 5, "clients-per-round": 5, "num-server-rounds": 5}
     clean = simulate(link, **common, **{"audit-dir": str(tmp_path)})
-    poisoned = simulate(link, **common, attack="scale", **{"attack-partition": 0})
-    robust = simulate(link, **common, attack="scale", robust="trimmed-mean", **{"attack-partition": 0})
+    poisoned = attacked(link, attack_app, "scale", 0, **common)
+    robust = attacked(link, attack_app, "scale", 0, **common, robust="trimmed-mean")
     accuracy = {name: r["test_accuracy"] for name, r in (("clean", clean), ("poisoned", poisoned), ("robust", robust))}
     assert accuracy["robust"] >= accuracy["clean"] - 0.02, accuracy
     assert accuracy["poisoned"] <= accuracy["clean"] - 0.10, accuracy
@@ -100,24 +118,23 @@ def test_a_poisoned_client_is_contained_by_robust_aggregation(link, tmp_path):
 
 
 @pytest.mark.parametrize("attack", ["nan", "wrong-shape"])
-def test_unusable_updates_are_dropped_and_never_reach_the_model(link, attack):
-    report = simulate(
-        link, **{"num-clients": 3, "clients-per-round": 3, "num-server-rounds": 2, "attack-partition": 1}, attack=attack
-    )
+def test_unusable_updates_are_dropped_and_never_reach_the_model(link, attack_app, attack):
+    report = attacked(link, attack_app, attack, 1, **{"num-clients": 3, "clients-per-round": 3, "num-server-rounds": 2})
     assert [r["dropped"] for r in report["rounds"]] == [1, 1]
     assert [r["clients"] for r in report["rounds"]] == [2, 2]
     assert np.isfinite(report["rounds"][-1]["val_loss"])
     assert report["test_accuracy"] > 0.5
 
 
-def test_a_silent_client_does_not_hold_the_round(link):
+def test_a_silent_client_does_not_hold_the_round(link, attack_app):
     # The timeout is many honest rounds long (a loaded machine still fits one in it, cold engine included);
     # the silent client sleeps two timeouts in round 1, so only the timeout can close that round.
-    report = simulate(
+    report = attacked(
         link,
-        **{"num-clients": 3, "clients-per-round": 3, "num-server-rounds": 2, "attack-partition": 2},
-        **{"round-timeout-s": 60.0},
-        attack="hang",
+        attack_app,
+        "hang",
+        2,
+        **{"num-clients": 3, "clients-per-round": 3, "num-server-rounds": 2, "round-timeout-s": 60.0},
     )
     assert len(report["rounds"]) == 2
     assert report["rounds"][0]["clients"] == 2  # both honest clients, closed by the timeout without the silent one
@@ -126,16 +143,13 @@ def test_a_silent_client_does_not_hold_the_round(link):
 
 
 def test_the_privacy_budget_stops_the_run_before_it_is_overspent(link):
-    accountant = PrivacyAccountant(delta=1e-5)
-    accountant.spend(1.0, 1.0)
-    accountant.spend(1.0, 1.0)
+    values = {"num-clients": 3, "clients-per-round": 3, "num-server-rounds": 5, "noise-multiplier": 1.0}
+    settings = FederationSettings.from_run_config({**values, "privacy": "dp"})
+    accountant = settings.privacy_mode.accountant(settings)
+    accountant.spend()
+    accountant.spend()
     budget = accountant.epsilon + 1e-6  # room for exactly two rounds
-    report = simulate(
-        link,
-        **{"num-clients": 3, "clients-per-round": 3, "num-server-rounds": 5, "noise-multiplier": 1.0},
-        **{"epsilon-budget": budget},
-        privacy="dp",
-    )
+    report = simulate(link, **values, **{"epsilon-budget": budget}, privacy="dp")
     assert len(report["rounds"]) == 2
     assert "privacy budget exhausted" in report["stopped"]
     assert report["epsilon"] <= budget + 1e-4  # the report rounds to 4 decimals
@@ -224,14 +238,10 @@ def test_deployment_engine_with_three_supernode_processes(tmp_path):
         assert rt.predict(np.zeros((1, 8, 8), np.float32)).source == "edge"
 
 
-def test_under_secagg_a_client_never_sends_a_non_finite_update(link):
+def test_under_secagg_a_client_never_sends_a_non_finite_update(link, attack_app):
     # The server cannot see inside the masked sum, so the client-side guard refuses to send;
     # SecAgg+ treats the refusal as a dropout and unmasks the others' sum.
-    report = simulate(
-        link,
-        **{"num-clients": 4, "clients-per-round": 4, "num-server-rounds": 2, "attack-partition": 1},
-        attack="nan",
-        privacy="secagg",
-    )
+    values = {"num-clients": 4, "clients-per-round": 4, "num-server-rounds": 2, "privacy": "secagg"}
+    report = attacked(link, attack_app, "nan", 1, **values)
     assert [r["clients"] for r in report["rounds"]] == [3, 3]
     assert report["test_accuracy"] > 0.5
