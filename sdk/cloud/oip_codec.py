@@ -214,7 +214,11 @@ def decode_request(
 
 
 def encode_response(model: str, version: int, request: DecodedRequest, output: np.ndarray) -> tuple[bytes, int | None]:
-    """The answer's body and, when some output is binary, the length of its JSON header."""
+    """The answer's body and, when some output is binary, the length of its JSON header.
+
+    Raises:
+        InvalidInput: a JSON output would hold NaN or infinity (the input overflowed the model).
+    """
     answer: dict[str, Any] = {"model_name": model, "model_version": str(version)}
     if request.id is not None:
         answer["id"] = request.id
@@ -226,6 +230,11 @@ def encode_response(model: str, version: int, request: DecodedRequest, output: n
             tensor["parameters"] = {"binary_data_size": len(data)}
             raw.append(data)
         else:
+            if output.dtype.kind == "f" and not np.isfinite(output).all():
+                raise InvalidInput(
+                    f"output {name!r} for this input holds NaN or infinity, which JSON cannot carry: "
+                    "ask for it with binary_data"
+                )
             tensor["data"] = output.reshape(-1).tolist()
         tensors.append(tensor)
     answer["outputs"] = tensors

@@ -195,6 +195,16 @@ def test_the_answer_in_json_and_in_binary():
     np.testing.assert_array_equal(np.frombuffer(body[header_length:], "<f4").reshape(2, 2), y)
 
 
+def test_an_output_json_cannot_carry_is_refused_in_json_and_sent_in_binary():
+    y = np.array([[np.inf, -np.inf, np.nan]], dtype=np.float32)  # what an overflowing input makes of the model
+    json_request = decode({"inputs": [tensor(data=X.ravel().tolist())]})
+    with pytest.raises(InvalidInput, match="NaN or infinity, which JSON cannot carry"):
+        oip_codec.encode_response("digits", 3, json_request, y)
+    binary_request = decode({"inputs": [tensor(data=X.ravel().tolist())], "parameters": {"binary_data_output": True}})
+    body, header_length = oip_codec.encode_response("digits", 3, binary_request, y)
+    np.testing.assert_array_equal(np.frombuffer(body[header_length:], "<f4").reshape(1, 3), y)
+
+
 def test_model_metadata_names_datatypes_and_dynamic_dimensions():
     from sdk.manifest import Artifact, Manifest
 
