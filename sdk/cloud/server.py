@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import threading
 import time
@@ -63,7 +64,17 @@ class BackgroundServer:
         options.setdefault("access_log", False)
         self._server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, **options))
         # uvicorn installs signal handlers only in the main thread; this one is not.
-        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn:{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"uvicorn:{self.port}", daemon=True)
+
+    def _run(self) -> None:
+        async def serve() -> None:
+            await self._server.serve()
+            # A connection closed at shutdown closes its socket from a callback of a later loop turn:
+            # without these turns the loop ends first and the socket is left to the garbage collector.
+            await asyncio.sleep(0.05)
+
+        with asyncio.Runner(loop_factory=self._server.config.get_loop_factory()) as runner:
+            runner.run(serve())
 
     @property
     def url(self) -> str:
