@@ -264,11 +264,13 @@ def _decode(codes: np.ndarray, low: float, step: float, dtype: np.dtype) -> np.n
     return (codes.astype(np.float64) * step + low).astype(dtype)
 
 
+def _compactable(x: np.ndarray) -> bool:
+    return np.issubdtype(x.dtype, np.floating) and x.size > 0 and bool(np.isfinite(x).all())
+
+
 def compact_input(x: np.ndarray) -> np.ndarray:
     """``x`` as a probe stores it: a float input moved to the nearest of 256 even levels spanning its values."""
-    if not np.issubdtype(x.dtype, np.floating) or x.size == 0 or not np.isfinite(x).all():
-        return x
-    return _decode(*_encode(x), x.dtype)
+    return _decode(*_encode(x), x.dtype) if _compactable(x) else x
 
 
 def write_probe(path: str | os.PathLike[str], probe: Mapping[str, np.ndarray]) -> tuple[str, int]:
@@ -278,8 +280,8 @@ def write_probe(path: str | os.PathLike[str], probe: Mapping[str, np.ndarray]) -
     """
     arrays = {key.replace("/", "__"): value for key, value in probe.items() if key != "input"}
     x = np.asarray(probe["input"])
-    if compact_input(x) is not x and np.array_equal(compact_input(x), x):
-        codes, low, step = _encode(x)
+    codes, low, step = _encode(x) if _compactable(x) else (None, 0.0, 1.0)
+    if codes is not None and np.array_equal(_decode(codes, low, step, x.dtype), x):
         arrays.update(input_codes=codes, input_levels=np.array([low, step]), input_dtype=np.array(x.dtype.name))
     else:
         arrays["input"] = x
