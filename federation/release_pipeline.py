@@ -25,7 +25,7 @@ import numpy as np
 from torch import nn
 
 from federation.export import ExportConfig, run_artifact
-from federation.export.thresholds import CloudAnswers, calibrate_thresholds
+from federation.export.thresholds import CloudAnswers, calibrate_thresholds, run_cloud_model_dir
 from federation.export.to_tflite import tflite_available
 from federation.settings import FederationSettings
 from federation.task import Split, accuracy
@@ -230,9 +230,14 @@ class ReleasePipeline:
 
     @classmethod
     def from_settings(cls, settings: FederationSettings, store: VersionStore, split: Split) -> ReleasePipeline:
-        """The pipeline a run's settings describe (``release-targets``, ``max-accuracy-drop``, ``export-config``)."""
+        """The pipeline a run's settings describe: release targets, accuracy drop, export and threshold target."""
         policy = ReleasePolicy(targets=settings.release_kinds, max_drop=settings.max_accuracy_drop)
-        return cls(store, split, policy=policy, export=ExportConfig.load(settings.export_config or None))
+        thresholds = None
+        if settings.threshold_target:
+            cloud_dir = settings.threshold_cloud_model_dir
+            thresholds = ThresholdTarget(lambda x: run_cloud_model_dir(cloud_dir, x), settings.threshold_target)
+        export = ExportConfig.load(settings.export_config or None)
+        return cls(store, split, policy=policy, export=export, thresholds=thresholds)
 
     def fleet_kinds(self) -> set[str]:
         """The artifact kinds the model's devices report running (the registry's fleet view)."""

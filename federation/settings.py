@@ -61,6 +61,8 @@ class FederationSettings:
     release: bool = False
     release_targets: str = "onnx-fp32,onnx-int8,tflite"
     export_config: str = ""
+    threshold_target: float = 0.0
+    threshold_cloud_model_dir: str = ""
     audit_dir: str = ""
     report_path: str = ""
     init_checkpoint: str = ""
@@ -102,6 +104,12 @@ class FederationSettings:
             bool(self.release_kinds) and not unknown,
             "release-targets",
             f"must list artifact kinds among {', '.join(ARTIFACT_KINDS)}, got {self.release_targets!r}",
+        )
+        check(0 <= self.threshold_target <= 1, "threshold-target", "must be within [0, 1] (0: no calibration)")
+        check(
+            not self.threshold_target or bool(self.threshold_cloud_model_dir),
+            "threshold-cloud-model-dir",
+            "threshold-target needs the cloud model directory the thresholds are calibrated against",
         )
         check(self.privacy in MODES, "privacy", f"must be one of {', '.join(MODES)}, got {self.privacy!r}")
         self.privacy_mode.check(self)

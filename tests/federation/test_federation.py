@@ -184,6 +184,8 @@ def test_accepted_rounds_become_versions_with_lineage(link, tmp_path):
         ({"num-clients": 3, "clients-per-round": 4}, "run-config.clients-per-round"),
         ({"privacy": "sometimes"}, "run-config.privacy"),
         ({"strategy": "fedadam", "robust": "krum", "num-clients": 6, "clients-per-round": 6}, "robust"),
+        ({"threshold-target": 0.95}, "run-config.threshold-cloud-model-dir"),
+        ({"threshold-target": 1.5, "threshold-cloud-model-dir": "cloud"}, "run-config.threshold-target"),
     ],
 )
 def test_invalid_run_config_is_refused_before_any_node_is_contacted(values, key):

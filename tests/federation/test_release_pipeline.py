@@ -310,14 +310,16 @@ def test_a_release_missing_a_kind_the_fleet_runs_is_refused(cloud, tmp_path, dig
 def test_a_release_calibrates_every_artifacts_threshold_against_the_cloud(
     cloud, tmp_path, digits_model, digits_split, cloud_model_dir
 ):
-    from federation.export.thresholds import run_cloud_model_dir
-    from federation.release_pipeline import ReleasePipeline, ThresholdTarget
+    from federation.release_pipeline import ReleasePipeline
+    from federation.settings import FederationSettings
     from federation.versions import VersionStore, split_key
     from sdk.manifest import ModelRef, load_manifest
 
     store = VersionStore(tmp_path / "versions", "digits", registry=cloud.client)
-    target = ThresholdTarget(cloud=lambda x: run_cloud_model_dir(cloud_model_dir, x), accuracy=0.9)
-    pipeline = ReleasePipeline(store, digits_split, policy=ReleasePolicy(targets=("onnx-int8",)), thresholds=target)
+    settings = FederationSettings(
+        release_targets="onnx-int8", threshold_target=0.9, threshold_cloud_model_dir=str(cloud_model_dir)
+    )
+    pipeline = ReleasePipeline.from_settings(settings, store, digits_split)
     lineage = {"source": "test", "validation_split": split_key(0, len(digits_split.y_val)), "metrics": {}}
     outcome = pipeline.release(digits_model, lineage)
 
