@@ -148,8 +148,8 @@ def counted(state: AppState, model: str, transport: str) -> Iterator[None]:
         outcome = error_code_for(exc)
         raise
     finally:
-        state.metrics.requests.inc(transport=transport, model=model, outcome=outcome)
-        state.metrics.latency.observe(time.perf_counter() - start, transport=transport, model=model)
+        state.metrics.requests.labels(model=model, outcome=outcome, transport=transport).inc()
+        state.metrics.latency.labels(model=model, transport=transport).observe(time.perf_counter() - start)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
