@@ -352,8 +352,7 @@ class InferenceWorker:
 
     def _answer(self, target: _Target, message: wire.Message, outcome: str) -> None:
         payload = wire.encode(message)
-        self.metrics.requests.labels(model=target.model, outcome=outcome, transport="mqtt").inc()
-        self.metrics.latency.labels(model=target.model, transport="mqtt").observe(time.perf_counter() - target.arrived)
+        self.metrics.count_request("mqtt", target.model, outcome, time.perf_counter() - target.arrived)
         if target.correlation:
             self._recent.answered((target.topic, target.correlation), payload)
         self._publish(target, payload)

@@ -148,8 +148,7 @@ def counted(state: AppState, model: str, transport: str) -> Iterator[None]:
         outcome = error_code_for(exc)
         raise
     finally:
-        state.metrics.requests.labels(model=model, outcome=outcome, transport=transport).inc()
-        state.metrics.latency.labels(model=model, transport=transport).observe(time.perf_counter() - start)
+        state.metrics.count_request(transport, model, outcome, time.perf_counter() - start)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
