@@ -23,6 +23,7 @@ from sdk.cloud.body_timeout import BodyTimeout
 from sdk.cloud.config import CloudConfig
 from sdk.cloud.deps import API_KEY_HEADER, AppState, api_key_accepted
 from sdk.cloud.error_boundary import ErrorBoundary
+from sdk.cloud.fleet_metrics import FleetCollector
 from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import ServiceMetrics
 from sdk.cloud.oip_codec import PREFIX, speaks_oip
@@ -69,6 +70,8 @@ def create_app(
         service.report_to(metrics)
     if registry is not None and rollouts is None:
         rollouts = RolloutStore(registry)
+    if registry is not None and rollouts is not None:
+        metrics.registry.register(FleetCollector(registry, rollouts))
     app.state.fedge = AppState(services=services, config=config, metrics=metrics, registry=registry, rollouts=rollouts)
     app.include_router(models.router, responses=models.UNEXPECTED)
     app.include_router(ops.router, responses=models.UNEXPECTED)

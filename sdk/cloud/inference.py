@@ -32,8 +32,9 @@ class InferenceService:
     def report_to(self, metrics: ServiceMetrics) -> None:
         """Report batch sizes and queue depth to ``metrics`` (the last one given wins)."""
         name = self.name
-        metrics.queue_depth.track(self.batcher.depth, model=name)
-        self.batcher.on_batch = lambda size: metrics.batch_size.observe(size, model=name)
+        metrics.queue_depth.labels(model=name).set_function(self.batcher.depth)
+        batches = metrics.batch_size.labels(model=name)
+        self.batcher.on_batch = batches.observe
 
     @classmethod
     def from_model_dir(

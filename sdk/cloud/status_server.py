@@ -19,7 +19,7 @@ log = logging.getLogger("fedge.cloud.status")
 
 
 class StatusServer:
-    """Serves ``healthy()`` and ``metrics.render()`` on ``host:port`` (port 0: a free one, see :attr:`port`)."""
+    """Serves ``healthy()`` and ``metrics`` on ``host:port`` (port 0: a free one, see :attr:`port`)."""
 
     def __init__(self, healthy: Callable[[], bool], metrics: Metrics, *, host: str = "127.0.0.1", port: int = 0):
         """Bind now; :meth:`start` serves."""
@@ -59,7 +59,8 @@ def _handler(healthy: Callable[[], bool], metrics: Metrics) -> type[BaseHTTPRequ
                 ok = healthy()
                 self._send(200 if ok else 503, "application/json", b'{"status":"%s"}' % (b"ok" if ok else b"down"))
             elif self.path == "/metrics":
-                self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render().encode())
+                body, content_type = metrics.render(self.headers.get("Accept"))
+                self._send(200, content_type, body)
             else:
                 self._send(404, "application/json", b'{"status":"not found"}')
 

@@ -67,7 +67,7 @@ import paho.mqtt.client as mqtt
 
 from sdk import topics, wire
 from sdk.cloud.inference import InferenceService
-from sdk.cloud.metrics import Counter, ServiceMetrics
+from sdk.cloud.metrics import WorkerMetrics
 from sdk.cloud.recent import RecentRequests
 from sdk.errors import CloudUnavailable, InvalidInput, Overloaded, WireFormatError
 from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
@@ -110,7 +110,7 @@ class InferenceWorker:
         group: str = "cloud",
         worker_id: str | None = None,
         max_payload_bytes: int = wire.DEFAULT_MAX_BYTES,
-        metrics: ServiceMetrics | None = None,
+        metrics: WorkerMetrics | None = None,
         session_expiry_s: int = 0,
         recent: RecentRequests | None = None,
     ) -> None:
@@ -124,16 +124,7 @@ class InferenceWorker:
         self.subscription = topics.shared_infer(group)
         self.max_payload_bytes = max_payload_bytes
         self.session_expiry_s = session_expiry_s
-        self.metrics = metrics or ServiceMetrics()
-        self.dropped = self.metrics.add(
-            Counter("fedge_worker_dropped_total", "Requests a worker dropped without an answer, by reason.")
-        )
-        self.duplicates = self.metrics.add(
-            Counter("fedge_worker_duplicate_requests_total", "Repeated request ids, by what the first one was doing.")
-        )
-        self.loop_restarts = self.metrics.add(
-            Counter("fedge_worker_loop_restarts_total", "Times the MQTT network loop died and was restarted.")
-        )
+        self.metrics = metrics or WorkerMetrics()
         for service in self.services.values():
             service.report_to(self.metrics)
         self.answered = 0
@@ -211,7 +202,7 @@ class InferenceWorker:
                 self._client.loop_forever(retry_first_connection=True)
                 return
             except Exception:
-                self.loop_restarts.inc()
+                self.metrics.loop_restarts.inc()
                 log.exception("%s: the MQTT network loop died; restarting it", self.worker_id)
                 time.sleep(self.settings.reconnect_min_s)
 
@@ -276,7 +267,7 @@ class InferenceWorker:
         return _Target(topic=topic, correlation=correlation, model=model, arrived=time.perf_counter(), ack=ack)
 
     def _drop(self, reason: str, what: str) -> None:
-        self.dropped.inc(reason=reason)
+        self.metrics.dropped.labels(reason=reason).inc()
         log.warning("%s dropped %s", self.worker_id, what)
 
     def _serve(self, msg: mqtt.MQTTMessage, target: _Target) -> None:
@@ -284,7 +275,7 @@ class InferenceWorker:
         if target.correlation:  # no CorrelationData: nothing tells one request from the next
             state, answer = self._recent.claim(key)
             if state != "new":
-                self.duplicates.inc(state=state)
+                self.metrics.duplicates.labels(state=state).inc()
                 if answer is not None:
                     self._publish(target, answer)
                 target.ack()
@@ -355,14 +346,13 @@ class InferenceWorker:
                 self._fail(target, "internal", "the worker failed on this request")
         except Exception:
             log.exception("%s: could not answer with an internal error either", self.worker_id)
-            self.dropped.inc(reason="internal")
+            self.metrics.dropped.labels(reason="internal").inc()
         finally:
             ack()
 
     def _answer(self, target: _Target, message: wire.Message, outcome: str) -> None:
         payload = wire.encode(message)
-        self.metrics.requests.inc(transport="mqtt", model=target.model, outcome=outcome)
-        self.metrics.latency.observe(time.perf_counter() - target.arrived, transport="mqtt", model=target.model)
+        self.metrics.count_request("mqtt", target.model, outcome, time.perf_counter() - target.arrived)
         if target.correlation:
             self._recent.answered((target.topic, target.correlation), payload)
         self._publish(target, payload)

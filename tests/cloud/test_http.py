@@ -140,8 +140,17 @@ def test_metrics_count_requests_and_batches(http):
     assert sample_value(after, bad) == sample_value(before, bad) + 1
     assert sample_value(after, latency) == sample_value(before, latency) + 2
     assert sample_value(after, batches) == sample_value(before, batches) + 1  # the refused one never ran
-    assert 'fedge_request_latency_seconds_bucket{model="digits",transport="http",le="+Inf"}' in after
+    assert 'fedge_request_latency_seconds_bucket{le="+Inf",model="digits",transport="http"}' in after
     assert 'fedge_queue_depth{model="digits"} 0' in after
+
+
+def test_metrics_speak_openmetrics_to_a_scraper_that_asks_for_it(http):
+    answer = http.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert answer.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert "# TYPE fedge_requests counter" in answer.text
+    assert answer.text.endswith("# EOF\n")
+    plain = http.get("/metrics")
+    assert plain.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
 
 
 def test_openapi_documents_routes_errors_and_auth(server):

@@ -115,7 +115,7 @@ def test_an_unexpected_error_is_a_500_with_the_uniform_body_logged_once(http, se
 
 def test_a_client_gone_mid_body_is_no_error(server, metrics, caplog):
     def count(outcome: str) -> float:
-        return metrics.requests.value(transport="http", model="digits", outcome=outcome)
+        return metrics.value("fedge_requests_total", transport="http", model="digits", outcome=outcome)
 
     before = {outcome: count(outcome) for outcome in ("disconnected", "internal")}
     with socket.create_connection((server.host, server.port), timeout=PATIENCE_S) as sock:

@@ -228,7 +228,7 @@ def test_an_unexpected_error_is_a_500_in_the_protocols_shape(http, service, monk
 
 def test_requests_are_counted_under_their_own_transport(http, metrics):
     def count(outcome: str) -> float:
-        return metrics.requests.value(transport="oip", model="digits", outcome=outcome)
+        return metrics.value("fedge_requests_total", transport="oip", model="digits", outcome=outcome)
 
     before = {outcome: count(outcome) for outcome in ("ok", "bad_request")}
     ok = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}

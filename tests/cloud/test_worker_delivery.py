@@ -26,6 +26,7 @@ from sdk.mqtt import MqttSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 X = np.zeros((1, 8, 8), np.float32)
+DUPLICATES = "fedge_worker_duplicate_requests_total"
 
 
 def test_a_repeated_request_id_is_answered_once_and_a_late_repeat_gets_the_same_reply(broker, model_dir, gated):
@@ -48,14 +49,14 @@ def test_a_repeated_request_id_is_answered_once_and_a_late_repeat_gets_the_same_
             raw.send(topics.infer(svc.name), request, b"once", response_topic=reply_topic)
             assert svc.busy.wait(PATIENCE_S)  # the first one is in the batch
             raw.send(topics.infer(svc.name), request, b"once", response_topic=reply_topic)  # the device's retry
-            poll(lambda: worker.duplicates.value(state="in_flight") == 1, "the repeat seen as in flight")
+            poll(lambda: worker.metrics.value(DUPLICATES, state="in_flight") == 1, "the repeat seen as in flight")
             svc.gate.set()
             with got:
                 assert got.wait_for(lambda: len(replies) == 1, PATIENCE_S)
             raw.send(topics.infer(svc.name), request, b"once", response_topic=reply_topic)  # a late repeat
             with got:
                 assert got.wait_for(lambda: len(replies) == 2, PATIENCE_S)
-            assert worker.duplicates.value(state="answered") == 1
+            assert worker.metrics.value(DUPLICATES, state="answered") == 1
             assert worker.answered == 1  # the model ran once
     finally:
         raw.close()

@@ -48,7 +48,7 @@ def every_worker_answers(cloud, client) -> None:
 
 
 def dropped(cloud, reason: str) -> float:
-    return sum(w.dropped.value(reason=reason) for w in cloud.workers)
+    return sum(w.metrics.value("fedge_worker_dropped_total", reason=reason) for w in cloud.workers)
 
 
 def test_a_zero_next_to_a_huge_dimension_gets_a_typed_error_and_every_worker_goes_on(cloud, raw, client):
@@ -132,6 +132,6 @@ def test_a_network_loop_that_dies_anyway_is_restarted(broker, service):
             with pytest.raises(DeadlineExceeded):  # the poisoned request is never answered
                 client.infer(service.name, X, timeout_s=0.5)
             assert raised.is_set()
-            poll(lambda: worker.loop_restarts.value() == 1, "the restart counted")
+            poll(lambda: worker.metrics.value("fedge_worker_loop_restarts_total") == 1, "the restart counted")
             assert client.infer(service.name, X, timeout_s=PATIENCE_S).kind == "reply"
         assert worker.serving

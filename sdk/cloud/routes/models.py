@@ -148,8 +148,7 @@ def counted(state: AppState, model: str, transport: str) -> Iterator[None]:
         outcome = error_code_for(exc)
         raise
     finally:
-        state.metrics.requests.inc(transport=transport, model=model, outcome=outcome)
-        state.metrics.latency.observe(time.perf_counter() - start, transport=transport, model=model)
+        state.metrics.count_request(transport, model, outcome, time.perf_counter() - start)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

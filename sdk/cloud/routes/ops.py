@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from sdk.cloud.deps import State
 
@@ -35,8 +35,15 @@ async def readyz(state: State) -> JSONResponse:
     "/metrics",
     summary="Prometheus metrics",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4."}},
+    responses={
+        200: {
+            "content": {"text/plain": {}},
+            "description": "Prometheus text format 0.0.4, or OpenMetrics when the Accept header asks for it.",
+        }
+    },
 )
-async def metrics(state: State) -> PlainTextResponse:
-    """Request counts, latency and batch-size histograms, queue depth."""
-    return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+def metrics(state: State, request: Request) -> Response:
+    """Request counts, latency and batch-size histograms, queue depth, and with a registry the fleet's gauges."""
+    # A plain def: FastAPI runs it in its thread pool, so the fleet's queries do not hold up the event loop.
+    body, content_type = state.metrics.render(request.headers.get("accept"))
+    return Response(body, media_type=content_type)
