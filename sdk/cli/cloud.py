@@ -198,7 +198,8 @@ def serve(
             registry, rollouts = _open_registry(cloud, broker, config, stack, policies)
         auth = f"{len(cloud.api_keys)} API key(s)" if cloud.api_keys else "no API keys: /v1 is open"
         what = ", ".join(services) or "no models"
-        console.print(f"serving {what} on http://{cloud.host}:{cloud.port} ({auth}); docs at /docs")
+        dashboard = "; fleet dashboard at /dashboard" if registry is not None else ""
+        console.print(f"serving {what} on http://{cloud.host}:{cloud.port} ({auth}); docs at /docs{dashboard}")
         app = create_app(services, cloud, repository_dir=cloud.repository_dir, registry=registry, rollouts=rollouts)
         uvicorn.run(app, host=cloud.host, port=cloud.port, log_level="warning", **uvicorn_options(cloud))
 

@@ -29,7 +29,7 @@ from sdk.cloud.metrics import ServiceMetrics
 from sdk.cloud.oip_codec import PREFIX, speaks_oip
 from sdk.cloud.registry import Registry
 from sdk.cloud.rollout_store import RolloutStore
-from sdk.cloud.routes import models, oip, ops
+from sdk.cloud.routes import dashboard, models, oip, ops
 from sdk.cloud.routes import registry as registry_routes
 from sdk.cloud.schemas import error_response_for
 from sdk.errors import FedgeError, Unauthorized
@@ -78,6 +78,7 @@ def create_app(
     app.include_router(registry_routes.router, responses=models.UNEXPECTED)
     app.include_router(oip.open_router, responses=models.UNEXPECTED)
     app.include_router(oip.router, responses=models.UNEXPECTED)
+    app.include_router(dashboard.router)
     app.add_middleware(BodyTimeout, timeout_s=config.body_timeout_s)
     app.add_middleware(ErrorBoundary)  # added last: outside the body timeout, so it sees what that lets through
     if repository_dir is not None:

@@ -73,11 +73,13 @@ def test_key_ceremony_serve_upload_release(tmp_path, versions):
         )
         assert changed["state"] == "paused"
         assert httpx.get(f"{url}/tuf/metadata/1.root.json").json()["signed"]["_type"] == "root"
+        assert 'data-release="1"' in httpx.get(f"{url}/dashboard").text  # no API keys: the dashboard is open too
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
         log.close()
     assert ADMIN not in (tmp_path / "serve.log").read_text()
+    assert "fleet dashboard at /dashboard" in (tmp_path / "serve.log").read_text()
 
 
 def test_root_rotation_from_the_command_line_is_followed_by_devices(tmp_path, versions):

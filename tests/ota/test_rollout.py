@@ -15,12 +15,11 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from peers import publish
+from fleet_reports import Fleet
 from typer.testing import CliRunner
 from waiting import poll
 
 from bench.versions import make_version
-from sdk import topics
 from sdk.cli import app
 from sdk.cloud.app import create_app
 from sdk.cloud.config import CloudConfig
@@ -30,7 +29,7 @@ from sdk.cloud.rollout_policy import RolloutPolicies, RolloutPolicy
 from sdk.cloud.rollout_store import RolloutStore
 from sdk.cloud.rollouts import RolloutDriver
 from sdk.cloud.server import BackgroundServer
-from sdk.edge.rollout import bucket, in_rollout
+from sdk.edge.rollout import bucket
 from sdk.edge.telemetry import Telemetry
 from sdk.errors import Conflict
 from sdk.manifest import load_manifest
@@ -54,41 +53,6 @@ def device_ids() -> list[str]:
         if all(len(ids) == 2 for ids in picked.values()):
             return [*picked[0], *picked[1], *picked[2]]
     raise AssertionError("no two devices per stage among 1000 ids")
-
-
-class Fleet:
-    """Devices reporting on their status topics what they run and what they served, as a device does."""
-
-    def __init__(self, settings: MqttSettings, ids: list[str]) -> None:
-        self.settings = settings
-        self.telemetry = {device_id: Telemetry() for device_id in ids}
-        self.running: dict[str, int] = {}
-
-    def serve(self, device_id: str, version: int, *, calls: int = 30, errors: int = 0, confidence: float = 0.9) -> None:
-        """Report that ``device_id`` runs ``version`` and served ``calls`` calls on it."""
-        counter = self.telemetry[device_id]
-        for i in range(calls):
-            failed = i < errors
-            counter.record(
-                version,
-                0.5,
-                rows=0 if failed else 1,
-                confidence_sum=0.0 if failed else confidence,
-                confident_rows=0 if failed else 1,
-                error=failed,
-            )
-        status = {"model": "digits", "step": "healthy", "installed_version": version, "telemetry": counter.take()}
-        publish(self.settings, topics.device_status(device_id), [json.dumps(status).encode()])
-        self.running[device_id] = version
-
-    def follow(self, registry: Registry, version: int, **served) -> None:
-        """Each device the release of ``version`` admits now and that does not run it yet takes it and serves."""
-        release = next(r for r in registry.releases("digits") if r["version"] == version)
-        if release["state"] != "active":
-            return
-        for device_id in self.telemetry:
-            if self.running.get(device_id) != version and in_rollout(device_id, "digits", release["rollout"]):
-                self.serve(device_id, version, **served)
 
 
 @pytest.fixture
