@@ -94,7 +94,7 @@ def test_predict_raw_pixels_with_preprocess_and_without(model_dir, digits_split,
     assert [r["label"] for r in rows] == digits_split.y_test[:3].tolist()
     assert refused.returncode == 2
     assert "InputOutOfRange" in refused.stderr
-    assert "preprocess = true" in " ".join(refused.stderr.split())
+    assert "set edge.preprocess = true" in " ".join(refused.stderr.split())
 
 
 def test_edge_run_with_a_bad_range_policy_exits_naming_the_key(tmp_path):

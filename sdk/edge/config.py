@@ -86,7 +86,7 @@ class EdgeConfig(LoadOptions):
         if self.preprocess and manifest.preprocessing is None:
             raise ManifestError(
                 f"manifest.preprocessing: missing in {manifest.name} v{manifest.version}, "
-                "and [edge] preprocess = true needs it to scale raw inputs"
+                "and edge.preprocess = true needs it to scale raw inputs"
             )
 
     @classmethod

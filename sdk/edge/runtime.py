@@ -227,7 +227,7 @@ class EdgeRuntime:
             return batch, None
         self.out_of_range_rows += int(outside.sum())  # approximate under threads, as local_calls
         if config.range_policy == "reject":
-            hint = "" if config.preprocess else "; raw inputs? scale them, or set [edge] preprocess = true"
+            hint = "" if config.preprocess else "; raw inputs? scale them, or set edge.preprocess = true"
             raise InputOutOfRange(
                 f"{int(outside.sum())} of {len(batch)} rows hold values far outside the training range "
                 f"[{span.min:g}, {span.max:g}] (seen {float(batch.min()):g}..{float(batch.max()):g}){hint}"

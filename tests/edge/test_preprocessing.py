@@ -57,7 +57,7 @@ def test_raw_pixels_without_preprocess_are_rejected_and_the_runtime_serves_on(mo
     mixed = x.copy()
     mixed[[1, 3]] = raw(x[[1, 3]])
     with EdgeRuntime.from_model_dir(model_dir) as rt:  # range_policy = "reject" by default
-        with pytest.raises(InputOutOfRange, match=r"2 of 4 rows .* \[0, 1\] .*set \[edge\] preprocess = true"):
+        with pytest.raises(InputOutOfRange, match=r"2 of 4 rows .* \[0, 1\] .*set edge.preprocess = true"):
             rt.predict(mixed)
         with pytest.raises(InputOutOfRange, match="1 of 1 rows"):
             rt.predict(raw(x[0]))
@@ -137,7 +137,7 @@ def test_a_manifest_without_range_checks_nothing_and_cannot_preprocess(old_model
     x = raw(digits_split.x_test[:3])
     with EdgeRuntime.from_model_dir(old_model) as rt:
         assert rt.predict(x).sources == ("edge",) * 3  # no recorded range: the check is off
-    with pytest.raises(ManifestError, match=r"manifest.preprocessing: missing .* preprocess = true"):
+    with pytest.raises(ManifestError, match=r"manifest.preprocessing: missing .* edge.preprocess = true"):
         EdgeRuntime.from_model_dir(old_model, EdgeConfig(preprocess=True))
 
 
