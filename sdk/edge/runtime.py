@@ -223,7 +223,7 @@ class EdgeRuntime:
         if span is None or config.range_policy == "allow":
             return batch, None
         outside = span.outside(batch, config.range_margin)
-        if not outside.any():
+        if outside is None:
             return batch, None
         self.out_of_range_rows += int(outside.sum())  # approximate under threads, as local_calls
         if config.range_policy == "reject":
