@@ -137,7 +137,8 @@ class InputRange:
         if low <= batch.min() and batch.max() <= high:  # the common case in two reductions, no per-row arrays
             return None
         flat = batch.reshape(len(batch), -1)
-        return (flat.min(axis=1) < low) | (flat.max(axis=1) > high)
+        rows = (flat.min(axis=1) < low) | (flat.max(axis=1) > high)  # NaN compares False: nan_policy's business
+        return rows if rows.any() else None
 
 
 @dataclass(frozen=True, kw_only=True)
