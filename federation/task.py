@@ -1,7 +1,7 @@
 """The reference task: scikit-learn's bundled 8x8 digits, a small CNN, and how to split them.
 
 Nothing is downloaded: ``load_digits`` ships inside the scikit-learn wheel
-(1,797 images, 10 classes). Pixels 0..16 are scaled to 0..1 and shaped
+(1,797 images, 10 classes). Pixels 0..16 are scaled to 0..1 (``PREPROCESSING``) and shaped
 ``(N, 1, 8, 8)`` float32, which is the input spec every exported digits model has.
 """
 
@@ -14,11 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdk.manifest import Preprocessing
+
 __all__ = [
     "DEVICE_WIDTH",
     "INPUT_SHAPE",
     "LABELS",
     "MODEL_NAME",
+    "PREPROCESSING",
     "CloudCNN",
     "DigitsCNN",
     "Split",
@@ -39,11 +42,13 @@ INPUT_SHAPE = (1, 8, 8)
 LABELS = tuple(str(d) for d in range(10))
 #: Width of the device tier's DigitsCNN (about 9k parameters, what a Raspberry Pi runs); the default 16 is federation's.
 DEVICE_WIDTH = 4
+#: Raw pixels (0..16) to model inputs (0..1); the export records it in the manifest.
+PREPROCESSING = Preprocessing(scale=1 / 16, offset=0.0)
 
 
 @dataclass(frozen=True)
 class Split:
-    """Deterministic train / validation / test arrays of the digits set."""
+    """Deterministic train / validation / test arrays of the digits set, and how raw inputs became ``x``."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -51,6 +56,7 @@ class Split:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    preprocessing: Preprocessing = PREPROCESSING
 
 
 def load_split(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2) -> Split:
@@ -58,7 +64,7 @@ def load_split(seed: int = 0, val_fraction: float = 0.15, test_fraction: float =
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]
+    x = PREPROCESSING.apply(digits.images.astype(np.float32))[:, None, :, :]
     y = digits.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(y))
     x, y = x[order], y[order]

@@ -6,7 +6,8 @@ FedgeError
 ├── InvalidInput                an input the model cannot take
 │   ├── InputShapeError         shape does not match the manifest
 │   ├── InputDtypeError         dtype cannot be cast to the manifest's dtype
-│   └── NonFiniteInput          NaN or infinity under the "reject" policy
+│   ├── NonFiniteInput          NaN or infinity under the "reject" policy
+│   └── InputOutOfRange         values far outside the range seen in training, under range_policy "reject"
 ├── ModelError                  a model directory cannot be used
 │   ├── ModelNotFound           no manifest, or no artifact for this device
 │   ├── ManifestError           manifest.json is malformed
@@ -71,6 +72,7 @@ __all__ = [
     "FedgeError",
     "GateRefused",
     "InputDtypeError",
+    "InputOutOfRange",
     "InputShapeError",
     "InvalidInput",
     "ManifestError",
@@ -129,6 +131,10 @@ class InputDtypeError(InvalidInput):
 
 class NonFiniteInput(InvalidInput):
     """The input holds NaN or infinity and the NaN policy rejects it."""
+
+
+class InputOutOfRange(InvalidInput):
+    """Rows of the input lie far outside the value range the model was trained on (raw, unscaled data)."""
 
 
 class ModelError(FedgeError):

@@ -64,6 +64,9 @@ class LoadOptions:
             1 <= self.max_batch_size <= 1 << 16, "max_batch_size", f"must be within 1..65536, got {self.max_batch_size}"
         )
 
+    def check_manifest(self, manifest: Manifest) -> None:
+        """Raise a ModelError when a model with ``manifest`` cannot be served under these options; none here."""
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -85,7 +88,7 @@ def load_model(model_dir: str | os.PathLike[str], config: LoadOptions) -> Loaded
 
     Raises:
         ModelNotFound: no manifest, or no artifact kind of ``config.artifacts``.
-        ManifestError: the manifest is malformed.
+        ManifestError: the manifest is malformed, or lacks what ``config`` needs (see ``check_manifest``).
         ModelIntegrityError: a file is missing or does not match its hash, or the probe fails.
         ModelSignatureMismatch: the engine's input or output differs from the manifest's.
         BackendUnavailable: no engine for any wanted artifact is installed (``EngineLoadFailed``: it
@@ -93,6 +96,7 @@ def load_model(model_dir: str | os.PathLike[str], config: LoadOptions) -> Loaded
     """
     directory = Path(model_dir)
     manifest = load_manifest(directory)
+    config.check_manifest(manifest)
     held = fetched_kinds(directory)  # None: a whole exported directory, which holds every artifact
     runnable = [k for k in config.artifacts if k in manifest.artifacts and (held is None or k in held)]
     # Every artifact this device may run and the directory should hold must be present and intact;

@@ -33,8 +33,10 @@ __all__ = [
     "PROBE_FILE",
     "Artifact",
     "ArtifactKind",
+    "InputRange",
     "Manifest",
     "ModelRef",
+    "Preprocessing",
     "Probe",
     "TensorSpec",
     "compact_input",
@@ -106,6 +108,40 @@ class ModelRef:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Preprocessing:
+    """How a raw input becomes the model's input: ``raw * scale + offset`` (digits: pixels 0..16, scale 1/16)."""
+
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``x`` scaled and shifted, in its own float dtype."""
+        return x * x.dtype.type(self.scale) + x.dtype.type(self.offset)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputRange:
+    """The smallest and largest value of the preprocessed training inputs, over every feature.
+
+    One range for the whole input rather than one per feature: a feature that was constant in
+    training (a digit's corner pixel, always 0) would otherwise make any other value of it suspect.
+    """
+
+    min: float
+    max: float
+
+    def outside(self, batch: np.ndarray, margin: float) -> np.ndarray | None:
+        """Per row of ``batch``: a value more than ``margin`` times the range's width beyond it? None: in no row."""
+        slack = margin * (self.max - self.min)
+        low, high = self.min - slack, self.max + slack
+        if low <= batch.min() and batch.max() <= high:  # the common case in two reductions, no per-row arrays
+            return None
+        flat = batch.reshape(len(batch), -1)
+        rows = (flat.min(axis=1) < low) | (flat.max(axis=1) > high)  # NaN compares False: nan_policy's business
+        return rows if rows.any() else None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Probe:
     """A probe input and each artifact's expected output, kept in ``probe.npz``."""
 
@@ -131,6 +167,10 @@ class Manifest:
     confidence_threshold: float | None = None
     #: The cloud model the thresholds were calibrated against.
     cloud_model: ModelRef | None = None
+    #: How raw inputs were turned into the model's inputs in training; None: not recorded (older manifests).
+    preprocessing: Preprocessing | None = None
+    #: The value range of the preprocessed training inputs; None: not recorded, no range check.
+    input_range: InputRange | None = None
     sparsity: float = 0.0
     created_at: str = ""
     lineage: Mapping[str, Any] = field(default_factory=dict)
@@ -433,6 +473,20 @@ def _parse_model_ref(f: _Fields) -> ModelRef:
     return ModelRef(name=f.get("name", str), version=version)
 
 
+def _parse_preprocessing(f: _Fields) -> Preprocessing:
+    scale = f.get("scale", float)
+    if scale == 0:
+        raise f._fail("scale", "must not be 0")
+    return Preprocessing(scale=scale, offset=f.get("offset", float, 0.0))
+
+
+def _parse_input_range(f: _Fields) -> InputRange:
+    low, high = f.get("min", float), f.get("max", float)
+    if low > high:
+        raise f._fail("min", f"{low} is above max {high}")
+    return InputRange(min=low, max=high)
+
+
 def _parse_manifest(f: _Fields) -> Manifest:
     fmt = f.get("format_version", int)
     if fmt != FORMAT_VERSION:
@@ -458,6 +512,7 @@ def _parse_manifest(f: _Fields) -> Manifest:
     version = f.get("version", int)
     if version < 0:
         raise f._fail("version", "must be >= 0")
+    has = {key: f.get(key, dict, None) is not None for key in ("preprocessing", "input_range")}
     return Manifest(
         name=f.get("name", str),
         version=version,
@@ -470,6 +525,8 @@ def _parse_manifest(f: _Fields) -> Manifest:
         reference_accuracy=f.get("reference_accuracy", float, None),
         confidence_threshold=threshold,
         cloud_model=cloud_model,
+        preprocessing=_parse_preprocessing(f.sub("preprocessing")) if has["preprocessing"] else None,
+        input_range=_parse_input_range(f.sub("input_range")) if has["input_range"] else None,
         sparsity=f.get("sparsity", float, 0.0),
         created_at=f.get("created_at", str, ""),
         lineage=f.get("lineage", dict, {}),

@@ -81,14 +81,19 @@ def build_cloud(model, split, out: Path) -> Path:
 
 
 def save_split(split, path: Path) -> None:
-    """Write the split's arrays to ``path`` (``.npz``, no pickle)."""
-    np.savez(path, **{name: getattr(split, name) for name in SPLIT_FIELDS})
+    """Write the split's arrays and its preprocessing to ``path`` (``.npz``, no pickle)."""
+    scale_offset = np.array([split.preprocessing.scale, split.preprocessing.offset])
+    np.savez(path, preprocessing=scale_offset, **{name: getattr(split, name) for name in SPLIT_FIELDS})
 
 
 def load_split(path: Path) -> SimpleNamespace:
     """The split ``save_split`` wrote, with the same attribute names as ``federation.task.Split``."""
+    from sdk.manifest import Preprocessing
+
     with np.load(path, allow_pickle=False) as data:
-        return SimpleNamespace(**{name: data[name] for name in SPLIT_FIELDS})
+        scale, offset = (float(v) for v in data["preprocessing"])
+        arrays = {name: data[name] for name in SPLIT_FIELDS}
+    return SimpleNamespace(**arrays, preprocessing=Preprocessing(scale=scale, offset=offset))
 
 
 def copy_model(folder: Path, out: Path, name: str = MODEL_DIR) -> Path:

@@ -80,6 +80,37 @@ def test_bad_config_key_names_the_key(model_dir, tmp_path):
 
 
 @needs("torch", "sklearn")
+def test_predict_raw_pixels_with_preprocess_and_without(model_dir, digits_split, tmp_path):
+    path = tmp_path / "samples.npy"
+    np.save(path, np.rint(digits_split.x_test[:3].astype(np.float64) * 16))  # raw 0..16, as load_digits gives them
+    config = tmp_path / "fedge.toml"
+    config.write_text("[edge]\npreprocess = true\n")
+
+    scaled = fedge("predict", "--model-dir", str(model_dir), str(path), "--json", "--config", str(config))
+    refused = fedge("predict", "--model-dir", str(model_dir), str(path))
+
+    assert scaled.returncode == 0, scaled.stderr
+    rows = [json.loads(chunk) for chunk in scaled.stdout.replace("}\n{", "}\x00{").split("\x00")]
+    assert [r["label"] for r in rows] == digits_split.y_test[:3].tolist()
+    assert refused.returncode == 2
+    assert "InputOutOfRange" in refused.stderr
+    assert "set edge.preprocess = true" in " ".join(refused.stderr.split())
+
+
+def test_edge_run_with_a_bad_range_policy_exits_naming_the_key(tmp_path):
+    config = tmp_path / "fedge.toml"
+    config.write_text('[edge]\nrange_policy = "ask"\n')
+
+    result = fedge(
+        "edge", "run", "-c", str(config), "--state-dir", str(tmp_path / "state"), "--root-metadata", "root.json"
+    )
+
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())  # the console wraps long lines
+    assert "ConfigError: edge.range_policy: expected one of 'reject', 'cloud', 'allow', got 'ask'" in message
+    assert "Traceback" not in result.stderr
+
+
 def test_train_then_export(tmp_path):
     ckpt = tmp_path / "digits.pt"
     assert fedge("train", "--out", str(ckpt), "--epochs", "6").returncode == 0

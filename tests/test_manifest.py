@@ -1,4 +1,5 @@
-"""The manifest's calibration fields: temperatures, per-artifact thresholds, the cloud model; old ones still load."""
+"""The manifest's calibration and input fields (temperatures, thresholds, the cloud model, preprocessing, the
+training range); old manifests without them still load."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 
 from sdk.errors import ManifestError
-from sdk.manifest import Manifest, ModelRef, load_manifest
+from sdk.manifest import InputRange, Manifest, ModelRef, Preprocessing, load_manifest
 
 
 def _data(model_dir):
@@ -73,4 +74,48 @@ def test_a_bad_cloud_model_names_the_field(model_dir):
     data["cloud_model"] = {"name": "digits"}
 
     with pytest.raises(ManifestError, match=r"manifest.cloud_model.version: missing"):
+        Manifest.from_json(json.dumps(data))
+
+
+def test_the_export_records_the_splits_preprocessing_and_training_range(model_dir, digits_split):
+    manifest = load_manifest(model_dir)
+
+    assert manifest.preprocessing == Preprocessing(scale=1 / 16, offset=0.0)  # digits: pixels 0..16 to 0..1
+    assert manifest.input_range == InputRange(
+        min=float(digits_split.x_train.min()), max=float(digits_split.x_train.max())
+    )
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_a_manifest_without_preprocessing_or_range_loads_with_neither(model_dir):
+    data = _data(model_dir)
+    data.pop("preprocessing")
+    data.pop("input_range")
+
+    old = Manifest.from_json(json.dumps(data))
+
+    assert old.preprocessing is None
+    assert old.input_range is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        pytest.param(
+            "preprocessing", {"scale": 0, "offset": 0}, r"manifest.preprocessing.scale: must not be 0", id="0"
+        ),
+        pytest.param("preprocessing", {"offset": 1.0}, r"manifest.preprocessing.scale: missing", id="no-scale"),
+        pytest.param("preprocessing", {"scale": "1/16"}, r"manifest.preprocessing.scale: expected float", id="text"),
+        pytest.param("preprocessing", [0.0625, 0], r"manifest.preprocessing: expected dict", id="list"),
+        pytest.param(
+            "input_range", {"min": 1.0, "max": 0.0}, r"manifest.input_range.min: 1.0 is above max", id="order"
+        ),
+        pytest.param("input_range", {"min": 0.0}, r"manifest.input_range.max: missing", id="no-max"),
+    ],
+)
+def test_bad_input_fields_name_the_field(model_dir, field, value, message):
+    data = _data(model_dir)
+    data[field] = value
+
+    with pytest.raises(ManifestError, match=message):
         Manifest.from_json(json.dumps(data))

@@ -5,7 +5,9 @@ device uses (``sdk.backends``), and the export fails without writing
 anything when an int8 or pruned artifact falls more than ``max_accuracy_drop_pt``
 points below the unpruned fp32 model. Each artifact's temperature is fitted on the
 validation split's logits and recorded in the manifest, with the expected calibration
-error on the test split (15 equal-width bins) before and after it.
+error on the test split (15 equal-width bins) before and after it. The manifest also records
+how raw inputs became the model's (the split's preprocessing) and the value range of the
+training inputs, which a device checks its inputs against.
 """
 
 from __future__ import annotations
@@ -31,7 +33,18 @@ from sdk.backends import open_backend
 from sdk.confidence import confidences, expected_calibration_error
 from sdk.config import check, load_section
 from sdk.errors import AccuracyGateFailed, ExportError
-from sdk.manifest import PROBE_FILE, Artifact, Manifest, Probe, TensorSpec, compact_input, file_digest, write_probe
+from sdk.manifest import (
+    PROBE_FILE,
+    Artifact,
+    InputRange,
+    Manifest,
+    Preprocessing,
+    Probe,
+    TensorSpec,
+    compact_input,
+    file_digest,
+    write_probe,
+)
 
 __all__ = ["ArtifactFile", "ExportConfig", "build_model_dir", "export_model", "run_artifact"]
 
@@ -116,6 +129,8 @@ def build_model_dir(
     reference_accuracy: float | None = None,
     sparsity: float = 0.0,
     lineage: Mapping[str, Any] | None = None,
+    preprocessing: Preprocessing | None = None,
+    input_range: InputRange | None = None,
 ) -> Manifest:
     """Record each artifact's digest and probe output in ``directory`` and write its manifest."""
     directory = Path(directory)
@@ -145,6 +160,8 @@ def build_model_dir(
         labels=labels,
         probe=Probe(file=PROBE_FILE, sha256=probe_sha, size=probe_size),
         reference_accuracy=reference_accuracy,
+        preprocessing=preprocessing,
+        input_range=input_range,
         sparsity=sparsity,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         lineage=dict(lineage or {}),
@@ -246,6 +263,8 @@ def export_model(
             reference_accuracy=reference,
             sparsity=round(sparsity(model), 4),
             lineage=lineage,
+            preprocessing=split.preprocessing,
+            input_range=InputRange(min=float(split.x_train.min()), max=float(split.x_train.max())),
         )
         if out.exists():
             shutil.rmtree(out)

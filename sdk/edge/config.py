@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from sdk.config import check, load_section
 from sdk.edge.fallback import MODES, Mode
+from sdk.errors import ManifestError
 from sdk.loading import LoadOptions
+from sdk.manifest import Manifest
 
-__all__ = ["LOG_LEVELS", "EdgeConfig"]
+__all__ = ["LOG_LEVELS", "RANGE_POLICIES", "EdgeConfig", "RangePolicy"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+RangePolicy = Literal["reject", "cloud", "allow"]
+RANGE_POLICIES: tuple[RangePolicy, ...] = get_args(RangePolicy)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +35,16 @@ class EdgeConfig(LoadOptions):
     turns on the LRU result cache; ``model_name`` is what the cloud is asked for when
     there is no local model (else the manifest's name).
 
+    ``preprocess`` applies the manifest's preprocessing (``raw * scale + offset``) to every input, so
+    callers pass raw data (digits: pixels 0..16); a model whose manifest records none is refused at
+    load. ``range_policy`` treats rows with a value more than ``range_margin`` times the width of
+    the manifest's training range beyond it (digits: [0, 1], so below -0.5 or above 1.5): ``reject``
+    raises :class:`~sdk.errors.InputOutOfRange` for the call, ``cloud`` sends those rows to the cloud
+    (rejected when there is no cloud to ask), ``allow`` lets the local model answer them. A manifest
+    without a range (older exports) turns the check off. ``reject`` is the default: such rows are
+    almost always raw, unscaled inputs, which the local model (and the cloud's, from the same
+    pipeline) answers with confident garbage; a typed error per call is loud and the runtime keeps serving.
+
     For the device program (``fedge edge run``): ``log_level`` of its log lines on stderr (the
     journal).
     """
@@ -41,6 +55,9 @@ class EdgeConfig(LoadOptions):
     cache_size: int = 0
     model_name: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    preprocess: bool = False
+    range_policy: RangePolicy = "reject"
+    range_margin: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,6 +74,20 @@ class EdgeConfig(LoadOptions):
             "log_level",
             f"expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}",
         )
+        check(
+            self.range_policy in RANGE_POLICIES,
+            "range_policy",
+            f"expected one of {', '.join(RANGE_POLICIES)}, got {self.range_policy!r}",
+        )
+        check(0 <= self.range_margin <= 1000, "range_margin", f"must be within [0, 1000], got {self.range_margin}")
+
+    def check_manifest(self, manifest: Manifest) -> None:
+        """Refuse a model whose manifest does not say how to preprocess, when ``preprocess`` is on."""
+        if self.preprocess and manifest.preprocessing is None:
+            raise ManifestError(
+                f"manifest.preprocessing: missing in {manifest.name} v{manifest.version}, "
+                "and edge.preprocess = true needs it to scale raw inputs"
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> EdgeConfig:

@@ -23,11 +23,17 @@ asks again, until a final action (an answer, or :class:`Fail`)::
     cloud-only    AskCloud(all) -> AnswerCloud | Fail
     no local      AskCloud(all) -> AnswerCloud | Fail          (edge-only: Fail)
 
+Rows far outside the manifest's value range under ``range_policy = "cloud"`` (``Call.outside``)
+go to the cloud with the low-confidence ones under ``edge-first`` and keep the local answer,
+flagged ``edge-degraded``, when it cannot answer; under ``edge-only`` (or without a cloud client)
+the call fails with :class:`~sdk.errors.InputOutOfRange`; the cloud answers them anyway under
+``cloud-first`` and ``cloud-only``.
+
 No I/O and no clock here: the driver passes the time spent. A cloud the decision may not ask
 (an open breaker, no time left) is skipped and counts as a cloud that failed with the error its
 client would have raised at once; the client still has the last word at send time (one probe
-in half-open, a lost connection). New inputs of the policy (rows outside the manifest's value
-range, say) belong on :class:`Call`; the confidence the driver records is the one to calibrate.
+in half-open, a lost connection). New inputs of the policy belong on :class:`Call`; the
+confidence the driver records is the one to calibrate.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from sdk.errors import (
     CloudUnavailable,
     DeadlineExceeded,
     FedgeError,
+    InputOutOfRange,
     ModelNotFound,
     RemoteError,
 )
@@ -74,7 +81,7 @@ __all__ = [
 Mode = Literal["edge-first", "edge-only", "cloud-first", "cloud-only"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 #: Why a call asks the cloud.
-Reason = Literal["low-confidence", "engine-failed", "cloud-first", "no-local-model"]
+Reason = Literal["low-confidence", "out-of-range", "engine-failed", "cloud-first", "no-local-model"]
 #: The threshold when neither the config nor a calibrated manifest sets one.
 DEFAULT_THRESHOLD = 0.5
 _SAFETY_S = 0.001
@@ -139,7 +146,8 @@ class Call:
 
     ``rows`` is the batch size (None without a local model: the input is not prepared, the
     cloud alone tells its shape); ``local_s`` is the driver's estimate of one local call;
-    ``breaker_open`` whether the cloud's breaker refused calls when this one started.
+    ``breaker_open`` whether the cloud's breaker refused calls when this one started;
+    ``outside`` the rows far outside the manifest's value range that the cloud should answer.
     """
 
     mode: Mode
@@ -149,6 +157,7 @@ class Call:
     deadline_s: float
     local_s: float = 0.0
     breaker_open: bool = False
+    outside: np.ndarray | None = None
     local: LocalRan | LocalFailed | None = None
     cloud: CloudReplied | CloudFailed | None = None
 
@@ -237,6 +246,8 @@ def _remote_only(call: Call, elapsed_s: float) -> Action:
 
 def _local_only(call: Call) -> Action:
     local = call.local
+    if call.outside is not None and call.outside.any():
+        return Fail(InputOutOfRange(f"{int(call.outside.sum())} rows are far outside the training range, no cloud"))
     if local is None:
         return _UNSCORED
     if isinstance(local, LocalFailed):
@@ -258,9 +269,12 @@ def _edge_first(call: Call, elapsed_s: float) -> Action:
     if cloud is None:
         assert local.confidence is not None  # asked for with RunLocal(score=True)
         low = low_confidence(local.confidence, call.threshold)
+        reason: Reason = "low-confidence" if low.any() else "out-of-range"
+        if call.outside is not None:
+            low |= call.outside
         if not low.any():
             return _LOCAL
-        cloud = _ask_or_refuse(call, low, elapsed_s, 0.0, "low-confidence")
+        cloud = _ask_or_refuse(call, low, elapsed_s, 0.0, reason)
         if isinstance(cloud, AskCloud):
             return cloud
     failure = _failure(call, cloud)

@@ -33,7 +33,7 @@ from sdk.edge.fallback import (
     resolve_threshold,
 )
 from sdk.edge.prediction import BatchPrediction, Prediction, Source
-from sdk.errors import BackendError, CloudError, FedgeError, InvalidInput, ModelNotFound
+from sdk.errors import BackendError, CloudError, FedgeError, InputOutOfRange, InvalidInput, ModelNotFound
 from sdk.loading import LoadedModel, load_model
 from sdk.manifest import Artifact, Manifest
 from sdk.wire import Message
@@ -61,6 +61,10 @@ class EdgeRuntime:
     Give it a :class:`~sdk.edge.telemetry.Telemetry` (``telemetry=``) and every call of the local
     model is counted there, for the device's status reports. What a call does is decided by
     :func:`sdk.edge.fallback.decide`; the runtime carries the decisions out.
+
+    Inputs are checked against the manifest's spec, preprocessed when ``config.preprocess`` is on,
+    and screened against its training range by ``config.range_policy`` (see :class:`EdgeConfig`);
+    ``out_of_range_rows`` counts the rows found far outside it.
     """
 
     def __init__(
@@ -88,12 +92,15 @@ class EdgeRuntime:
         self.local_calls = 0
         self.local_errors = 0
         self.local_error_run = 0  # local calls failed in a row, since the last success or swap
+        self.out_of_range_rows = 0
         self._closed = False
         self._lock = threading.Lock()
         if model is None and cloud is None:
             raise ValueError("a runtime needs a model, a cloud client, or both")
         if model is None and not self._config.model_name:
             raise ValueError("without a local model, config.model_name says which cloud model to ask")
+        if model is not None:
+            self._config.check_manifest(model.manifest)
 
     @classmethod
     def from_model_dir(
@@ -166,7 +173,9 @@ class EdgeRuntime:
         (or a runtime without a local model) raises when the cloud is down.
 
         Raises:
-            InvalidInput: wrong shape, a dtype that cannot be cast, or NaN under ``nan_policy="reject"``.
+            InvalidInput: wrong shape, a dtype that cannot be cast, NaN under ``nan_policy="reject"``, or
+                rows far outside the training range under ``range_policy="reject"`` (``InputOutOfRange``).
+            ModelNotFound: ``preprocess`` is on and no local model says how.
             BackendError: the engine failed and no cloud could stand in.
             CloudError: under ``cloud-only`` or without a local model, the cloud could not answer.
         """
@@ -193,25 +202,50 @@ class EdgeRuntime:
         self, model: LoadedModel, x: object, start: float
     ) -> tuple[Prediction | BatchPrediction, _Answer]:
         batch, single = model.inputs.prepare(x)
+        batch, outside = self._screen(model.manifest, batch)
         key = None
         if self._cache is not None:
             key = input_key(batch, model.manifest.version)
             cached = self._cache.get(key)
             if cached is not None:
                 return self._result(cached, model.manifest, single, start), cached._replace(engine_failed=False)
-        answer = self._carry_out(model, batch, start)
+        answer = self._carry_out(model, batch, start, outside)
         if key is not None and (answer.sources is None or "edge-degraded" not in answer.sources):
             self._cache.put(key, answer)  # a degraded answer is not kept: the cloud may be back next time
         return self._result(answer, model.manifest, single, start), answer
 
+    def _screen(self, manifest: Manifest, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``batch`` preprocessed when asked, and its rows far outside the training range the cloud should answer."""
+        config = self._config
+        if config.preprocess and manifest.preprocessing is not None:
+            batch = manifest.preprocessing.apply(batch)
+        span = manifest.input_range
+        if span is None or config.range_policy == "allow":
+            return batch, None
+        outside = span.outside(batch, config.range_margin)
+        if outside is None:
+            return batch, None
+        self.out_of_range_rows += int(outside.sum())  # approximate under threads, as local_calls
+        if config.range_policy == "reject":
+            hint = "" if config.preprocess else "; raw inputs? scale them, or set edge.preprocess = true"
+            raise InputOutOfRange(
+                f"{int(outside.sum())} of {len(batch)} rows hold values far outside the training range "
+                f"[{span.min:g}, {span.max:g}] (seen {float(batch.min()):g}..{float(batch.max()):g}){hint}"
+            )
+        return batch, outside
+
     def _predict_remote(self, x: np.ndarray, start: float) -> Prediction | BatchPrediction:
+        if self._config.preprocess:  # the cloud's model takes preprocessed inputs, and only a manifest says how
+            raise ModelNotFound("preprocess = true, and no local model is loaded to say how to preprocess inputs")
         out = self._carry_out(None, x, start)
         single = out.outputs.ndim == 1  # nothing local says what one sample is: the reply's rank does
         batch_out = out.outputs[None] if single else out.outputs
         answer = _Answer(batch_out, ("cloud",) * len(batch_out), out.cloud_version)
         return self._result(answer, None, single, start)
 
-    def _carry_out(self, model: LoadedModel | None, batch: np.ndarray, start: float) -> _Answer:
+    def _carry_out(
+        self, model: LoadedModel | None, batch: np.ndarray, start: float, outside: np.ndarray | None = None
+    ) -> _Answer:
         """Carry out the fallback policy's actions for one call, until it answers or fails."""
         cloud = self._cloud
         call = Call(
@@ -224,6 +258,7 @@ class EdgeRuntime:
             deadline_s=self._config.deadline_ms / 1000.0,
             local_s=self._local_s,
             breaker_open=cloud is not None and cloud.breaker.state == "open",
+            outside=outside,
         )
         outputs = probs = reply = None
         while True:
@@ -284,6 +319,8 @@ class EdgeRuntime:
     def swap(self, model: LoadedModel) -> Manifest | None:
         """Serve ``model`` from the next call on and let go of the previous one; return its manifest.
 
+        Raises ``ManifestError`` (and keeps serving the previous model) when ``config`` cannot serve it.
+
         Calls already running finish on the model they started with: each call reads the
         model reference once. The previous engine is not closed here, because a call may be
         between reading the reference and running it; it is freed when the last such call
@@ -293,6 +330,7 @@ class EdgeRuntime:
             if self._closed:
                 model.close()
                 raise RuntimeError("the runtime is closed")
+            self._config.check_manifest(model.manifest)
             old, self._model = self._model, model
             self.local_error_run = 0
         if self._cache is not None:

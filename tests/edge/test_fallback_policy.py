@@ -33,6 +33,7 @@ from sdk.errors import (
     CloudError,
     CloudUnavailable,
     DeadlineExceeded,
+    InputOutOfRange,
     ModelNotFound,
     Overloaded,
     RemoteError,
@@ -309,6 +310,46 @@ def test_without_a_local_model_any_reply_is_the_answer():
     assert kinds(actions) == ["AskCloud", "AnswerCloud"]
 
 
+# --- rows outside the training range (range_policy = "cloud") ----------------------------------------------------
+
+OUTSIDE = np.array([False, False, True])
+
+
+def test_rows_outside_the_range_go_to_the_cloud_however_confident():
+    call = make_call()
+    call.outside = OUTSIDE
+    run, ask, merge = play(call, Script("confident"))
+    assert run == RunLocal(score=True)  # the local answer stays the safety net
+    assert ask.rows.tolist() == OUTSIDE.tolist()
+    assert ask.reason == "out-of-range"
+    assert merge.rows.tolist() == OUTSIDE.tolist()
+
+
+def test_rows_outside_the_range_join_the_low_confidence_ones():
+    call = make_call()
+    call.outside = np.array([True, False, False])
+    _, ask, _ = play(call, Script("some-low"))
+    assert ask.rows.tolist() == [True, True, True]
+    assert ask.reason == "low-confidence"
+
+
+def test_rows_outside_the_range_are_degraded_when_the_cloud_fails():
+    call = make_call()
+    call.outside = OUTSIDE
+    *_, degrade = play(call, Script("confident", CloudUnavailable("down")))
+    assert isinstance(degrade, Degrade)
+    assert degrade.rows.tolist() == OUTSIDE.tolist()
+
+
+def test_rows_outside_the_range_with_no_cloud_to_ask_fail_before_the_engine_runs():
+    call = make_call("edge-only")
+    call.outside = OUTSIDE
+    actions = play(call, Script("confident"))
+    assert kinds(actions) == ["Fail"]
+    assert isinstance(actions[0].error, InputOutOfRange)
+    assert "1 rows" in str(actions[0].error)
+
+
 # --- purity --------------------------------------------------------------------------------------------------------
 
 
@@ -320,4 +361,4 @@ def test_decide_reads_the_call_and_changes_nothing():
     assert isinstance(first, AskCloud)
     assert first.rows.tolist() == second.rows.tolist() == LOW_ROWS
     assert first.budget_s == second.budget_s
-    assert [getattr(call, f.name) is getattr(before, f.name) for f in dataclasses.fields(Call)] == [True] * 9
+    assert all(getattr(call, f.name) is getattr(before, f.name) for f in dataclasses.fields(Call))
