@@ -98,10 +98,7 @@ def _cascade_curve(folder: Path, run: CascadeRun) -> tuple[str, str]:
     from federation.export.thresholds import plot_curve
 
     c = run.calibration
-    title = (
-        f"calibrated against the served cloud ({run.cloud_model}), validation rows: "
-        f"threshold {c.threshold:.3f}, {c.fallback_rate:.1%} to the cloud"
-    )
+    title = f"against the served cloud ({run.cloud_model}): threshold {c.threshold:.3f}, validation rows"
     plot_curve(folder / "cascade.png", c, title)
     caption = (
         f"The cascade's end-to-end accuracy against its fallback rate; the chosen threshold marked "
@@ -182,7 +179,15 @@ def _rollout(folder: Path, loop: LoopRun) -> tuple[str, str]:
         ax.step([*times, end], [*versions, versions[-1]], where="post", label=f"{device.device_id} ({device.target})")
     for at, what in loop.milestones:
         ax.axvline(at - start, color="grey", linestyle=":", linewidth=0.8)
-        ax.annotate(what, (at - start, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=7, va="top")
+        ax.annotate(
+            what,
+            (at - start, 0.98),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+            va="top",
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+        )
     versions = sorted({v for d in loop.devices for v in d.versions})
     ax.set_yticks(versions, [f"v{v}" for v in versions])
     ax.set_xlabel("seconds since the stage started")
