@@ -45,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.telemetry
 
 clean:
-	rm -rf .fedge-demo .pytest_cache .ruff_cache
+	rm -rf .fedge-demo demo-report .pytest_cache .ruff_cache

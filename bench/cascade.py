@@ -48,7 +48,8 @@ BATCH = 64
 def build_tiers(folder: Path, split: Any, *, quick: bool, step: Progress) -> tuple[Path, Path]:
     """Train and export the device tier (small CNN, pruned 50 %, int8) and the cloud tier (larger CNN, fp32)."""
     from federation.export import ExportConfig, export_model
-    from federation.task import DEVICE_WIDTH, CloudCNN, DigitsCNN, set_seed, train
+    from federation.export.cloud_tier import export_cloud_tier, train_cloud_tier
+    from federation.task import DEVICE_WIDTH, DigitsCNN, set_seed, train
 
     epochs = (6, 5) if quick else (12, 10)
     set_seed(0)
@@ -58,13 +59,10 @@ def build_tiers(folder: Path, split: Any, *, quick: bool, step: Progress) -> tup
     step("exporting the device tier: pruned 50 %, int8 ONNX")
     device_dir = folder / "digits-device"
     export_model(device.eval(), device_dir, split, ExportConfig(sparsity=0.5, tflite="off"), on_step=step)
-    set_seed(0)
-    cloud = CloudCNN()
     step(f"training the cloud tier ({epochs[1]} epochs)")
-    train(cloud, split.x_train, split.y_train, epochs=epochs[1], lr=3e-3)
+    cloud = train_cloud_tier(split, epochs=epochs[1])
     cloud_dir = folder / "digits-cloud"
-    lineage = {"tier": "cloud", "arch": "digits-cloud-cnn"}
-    export_model(cloud.eval(), cloud_dir, split, ExportConfig(int8=False, tflite="off"), lineage=lineage, on_step=step)
+    export_cloud_tier(cloud, cloud_dir, split, on_step=step)
     return device_dir, cloud_dir
 
 

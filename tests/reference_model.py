@@ -54,13 +54,9 @@ def train(split):
 
 def train_cloud(split):
     """The cloud tier's larger CNN trained on ``split`` with a fixed seed (needs torch)."""
-    from federation.task import CloudCNN, set_seed
-    from federation.task import train as fit
+    from federation.export.cloud_tier import train_cloud_tier
 
-    set_seed(0)
-    model = CloudCNN()
-    fit(model, split.x_train, split.y_train, epochs=10, lr=3e-3)
-    return model.eval()
+    return train_cloud_tier(split, epochs=10)
 
 
 def build(model, split, out: Path) -> Path:
@@ -73,10 +69,9 @@ def build(model, split, out: Path) -> Path:
 
 def build_cloud(model, split, out: Path) -> Path:
     """Export the cloud tier into the model directory ``out``: fp32 ONNX only."""
-    from federation.export import ExportConfig, export_model
+    from federation.export.cloud_tier import export_cloud_tier
 
-    lineage = {"tier": "cloud", "arch": "digits-cloud-cnn"}
-    export_model(model, out, split, ExportConfig(version=1, int8=False, tflite="off"), lineage=lineage)
+    export_cloud_tier(model, out, split)
     return out
 
 

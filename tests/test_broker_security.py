@@ -284,14 +284,31 @@ def test_a_device_and_a_worker_serve_over_tls_and_a_release_notice_reaches_the_d
     _close(statuses)
 
 
-def test_the_demo_cloud_stage_runs_through_a_secured_broker(model_dir, digits_split, tmp_path):
-    from sdk.cli.demo import cloud_stage
+def test_the_demo_cloud_stage_calibrates_against_the_cloud_tier_it_serves_through_a_secured_broker(
+    model_dir, cloud_model_dir, digits_split, tmp_path
+):
+    from sdk.cli.demo import DEVICE_ARTIFACT, cloud_stage
+    from sdk.manifest import ModelRef, load_manifest
 
-    n = 40
-    records = cloud_stage(model_dir, digits_split.x_test[:n], digits_split.y_test[:n], 0.999, tmp_path / "broker")
+    run = cloud_stage(model_dir, cloud_model_dir, digits_split, tmp_path / "cloud")
 
-    sources = [source for source, _, _ in records]
+    n = len(digits_split.y_test)
+    sources = [call.source for call in run.calls]
+    assert run.rows == n
     assert len(sources) == n + 20  # then 20 more calls with the workers stopped
     assert "cloud" in sources[:n]  # answers came back from the two workers over TLS
     assert "cloud" not in sources[n:]
-    assert "allow_anonymous false" in (tmp_path / "broker" / "mosquitto.conf").read_text()
+    assert run.fallback_rate == sources[:n].count("cloud") / n
+    assert run.cascade_accuracy == sum(call.correct for call in run.calls[:n]) / n
+    # The threshold the device ran is the one calibrated against the served cloud tier, written into a copy only.
+    assert run.calibration.reached
+    assert run.threshold == run.calibration.threshold
+    cloud = load_manifest(cloud_model_dir)
+    calibrated = load_manifest(tmp_path / "cloud" / "device")
+    assert calibrated.threshold_for(DEVICE_ARTIFACT) == run.threshold
+    assert calibrated.cloud_model == ModelRef(cloud.name, cloud.version)
+    assert load_manifest(model_dir).cloud_model is None
+    # A degraded answer is the device's own: only the cloud tier's answers move the cascade off the device alone.
+    assert run.cloud_accuracy > run.device_accuracy
+    assert run.cascade_accuracy >= run.device_accuracy
+    assert "allow_anonymous false" in (tmp_path / "cloud" / "broker" / "mosquitto.conf").read_text()

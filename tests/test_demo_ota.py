@@ -59,3 +59,16 @@ def test_the_loop_widens_a_good_release_aborts_and_recalls_a_bad_one_while_every
         assert all(n > 0 for n in device.per_phase), device  # answers in every phase, through every swap
         assert sum(device.per_phase) == device.answers + device.errors + device.before_install  # each sample once
     assert {(d.example, d.target) for d in run.devices} == {("raspberrypi", "tflite"), ("jetson", "onnx-fp32")}
+    # The report's timeline: when each device began serving each version, and the rollouts' moments.
+    for device in run.devices:
+        assert len(device.swapped_at) == len(device.versions), device
+        assert list(device.swapped_at) == sorted(device.swapped_at), device
+        assert run.started_at <= device.swapped_at[0], device
+        assert device.swapped_at[-1] <= run.finished_at, device
+    moments = [what for _, what in run.milestones]
+    assert moments[0] == "v1 released"
+    assert moments[-2:] == ["v3 staged", "v3 aborted, recalled"]
+    recall = run.milestones[-1][0]
+    for device in run.devices:
+        if device.device_id in first_stage:  # back on v2 after the abort, not before
+            assert device.swapped_at[-1] >= recall - 0.001, (device, recall)  # log stamps are to the millisecond

@@ -61,9 +61,12 @@ class ArtifactThreshold:
 
 
 def ask_served_cloud(
-    settings: MqttSettings, model_name: str, x: np.ndarray, *, timeout_s: float = 30.0
+    settings: MqttSettings, model_name: str, x: np.ndarray, *, timeout_s: float = 30.0, device_id: str | None = None
 ) -> CloudAnswers:
     """The labels a served cloud worker gives ``x`` over MQTT, a batch of rows per request.
+
+    ``device_id`` is the identity replies come back to; a secured broker's ACL wants the account's own (default:
+    a fresh one, for an open broker).
 
     Raises:
         CloudError: the broker or the workers did not answer (a CloudError subclass says why).
@@ -71,7 +74,7 @@ def ask_served_cloud(
     from sdk.edge.cloud_client import CloudClient
 
     labels, versions = [], set()
-    with CloudClient(settings, device_id=f"calibrate-{uuid.uuid4().hex[:8]}") as client:
+    with CloudClient(settings, device_id=device_id or f"calibrate-{uuid.uuid4().hex[:8]}") as client:
         for i in range(0, len(x), CLOUD_BATCH):
             reply = client.infer(model_name, np.ascontiguousarray(x[i : i + CLOUD_BATCH]), timeout_s=timeout_s)
             labels.append(np.asarray(reply.tensor).argmax(axis=1))

@@ -19,6 +19,7 @@ while each device answers its samples throughout, counted per device from its ow
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import itertools
 import json
 import os
@@ -126,6 +127,7 @@ class DeviceRun:
     before_install: int  # samples unanswered before that, with no model yet (broker connecting, cloud past deadline)
     sources: dict[str, int]
     versions: tuple[int, ...]  # the versions it swapped in, in order (its log's "now serving" lines)
+    swapped_at: tuple[float, ...] = ()  # when it began serving each of them (epoch seconds, its log's clock)
     per_phase: tuple[int, ...]  # answers in each of PHASES
 
 
@@ -140,6 +142,9 @@ class LoopRun:
     bad_rollout: dict[str, Any]
     fleet: dict[str, dict[str, int | None]] = field(default_factory=dict)  # phase -> device -> running version
     devices: tuple[DeviceRun, ...] = ()
+    started_at: float = 0.0  # epoch seconds: the stage's start and end, for a timeline
+    finished_at: float = 0.0
+    milestones: tuple[tuple[float, str], ...] = ()  # (epoch seconds, what happened): releases, abort and recall
 
 
 def device_config(
@@ -208,6 +213,8 @@ def ota_stage(
     admin = secrets.token_urlsafe(24)
     fleet: dict[str, dict[str, int | None]] = {}
     marks: list[dict[str, int]] = []
+    started_at = time.time()
+    milestones: list[tuple[float, str]] = []
     with contextlib.ExitStack() as stack:
         console.print("[bold]6/6 OTA[/]: a secured broker, fedge cloud serve, a cloud worker, four fedge edge run")
         broker, layout = _secured_broker(stack, workdir / "broker", ids)
@@ -243,6 +250,7 @@ def ota_stage(
         client = RegistryClient(url, admin)
         client.upload(release_dir)
         client.release(MODEL, first)
+        milestones.append((time.time(), f"v{first} released"))
         console.print(f"v{first} released by the registry to the whole fleet; repository {url}/tuf")
         root_json = repo.metadata_dir / "1.root.json"
         logs = {}
@@ -294,12 +302,14 @@ def ota_stage(
             marks.append(_counts(logs))
         else:
             candidate_rollout = ended(released, good, PHASES[1])
+            milestones.extend(_decisions(candidate_rollout, ("start", "complete")))
         worst = client.latest_version(MODEL) + 1  # the registry numbers: after every version the federation made
         bad_dir = bad(worst)
         console.print(f"an operator forces v{worst}, badly trained, past the gate: POST /v1/registry/releases staged")
         client.upload(bad_dir)
         client.release(MODEL, worst, staged=True)
         bad_rollout = ended(worst, good, PHASES[2])  # aborted and recalled: the fleet goes back to the good version
+        milestones.extend(_decisions(bad_rollout, ("start", "abort")))
         before = marks[-1]
         wait.until(lambda: all(n > before[d] for d, n in _counts(logs).items()), "one more answer on every device")
         _stop_all([processes.pop(d) for d in ids])  # systemctl stop: SIGTERM, the retained offline status
@@ -314,6 +324,9 @@ def ota_stage(
         bad_rollout=bad_rollout,
         fleet=fleet,
         devices=runs,
+        started_at=started_at,
+        finished_at=time.time(),
+        milestones=tuple(sorted(milestones)),
     )
     _print_table(result)
     return result
@@ -388,6 +401,19 @@ def _rollout_ended(client: Any, version: int) -> Callable[[], dict[str, Any] | N
     return ended
 
 
+_MILESTONES = {"start": "staged", "abort": "aborted, recalled"}
+
+
+def _decisions(status: dict[str, Any], actions: tuple[str, ...]) -> list[tuple[float, str]]:
+    """The moments of a rollout's ``actions`` (its history's UTC times as epoch seconds), as milestones."""
+    version, moments = status["version"], []
+    for entry in status["history"]:
+        if entry["action"] in actions:
+            what = _MILESTONES.get(entry["action"], entry["action"])
+            moments.append((dt.datetime.fromisoformat(entry["at"]).timestamp(), f"v{version} {what}"))
+    return moments
+
+
 def _print_status(url: str, key: str) -> None:
     """What an operator sees: ``fedge registry rollout status digits``."""
     command = [sys.executable, "-m", "sdk.cli", "registry", "rollout", "status", MODEL, "--url", url]
@@ -398,7 +424,9 @@ def _print_status(url: str, key: str) -> None:
 
 _ANSWER = re.compile(r"^(?P<device>[\w.-]+): label \d+ \([\d.]+\) from (?P<source>[\w-]+), v\d+,")
 _NO_ANSWER = re.compile(r"^(?P<device>[\w.-]+): no answer \(")
-_SWAP = re.compile(rf" INFO fedge\.edge: now serving {MODEL} v(?P<version>\d+)")
+_SWAP = re.compile(rf"^(?P<at>[\d-]+ [\d:,]+) INFO fedge\.edge: now serving {MODEL} v(?P<version>\d+)")
+#: ``fedge edge run``'s log time stamps (logging's asctime: local time, milliseconds).
+_ASCTIME = "%Y-%m-%d %H:%M:%S,%f"
 
 
 def _lines(path: Path) -> list[str]:
@@ -423,7 +451,7 @@ def _device_run(device_id: str, example: str, log: Path, marks: list[dict[str, i
                 before_install += 1
         elif answer := _ANSWER.match(line):
             sources[answer["source"]] += 1
-    versions = [int(swap["version"]) for line in _lines(log.with_suffix(".log")) if (swap := _SWAP.search(line))]
+    swaps = [swap for line in _lines(log.with_suffix(".log")) if (swap := _SWAP.match(line))]
     totals = [0, *(m[device_id] for m in marks)]
     target = tomllib.loads((log.parent / "fedge.toml").read_text())["update"]["target"]
     return DeviceRun(
@@ -434,7 +462,8 @@ def _device_run(device_id: str, example: str, log: Path, marks: list[dict[str, i
         errors=errors,
         before_install=before_install,
         sources=dict(sources),
-        versions=tuple(versions),
+        versions=tuple(int(swap["version"]) for swap in swaps),
+        swapped_at=tuple(dt.datetime.strptime(swap["at"], _ASCTIME).timestamp() for swap in swaps),
         per_phase=tuple(b - a for a, b in itertools.pairwise(totals)),
     )
 
