@@ -90,6 +90,8 @@ _HEADER_FIELDS: tuple[tuple[str, type, Any, tuple[str, ...] | None, int | None],
     ("error_code", str, None, None, 32),
     ("error_message", str, "", None, 4000),
 )
+_DEFAULTS = {key: None if default is ... else default for key, _, default, _, _ in _HEADER_FIELDS}
+_PLAIN = {key: (kind, choices, max_len) for key, kind, _, choices, max_len in _HEADER_FIELDS}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,20 +217,9 @@ def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, str, tupl
     """The checked message fields of a parsed header, and its tensors as (name, dtype name, shape, element count)."""
     if not isinstance(header, dict):
         raise WireFormatError("header is not a JSON object")
-    fields_ = {}
-    for key, kind, default, choices, max_len in _HEADER_FIELDS:
-        value = header.get(key)
-        if value is None and default is not ...:
-            fields_[key] = default
-        elif (
-            type(value) is str
-            and kind is str
-            and (choices is None or value in choices)
-            and (max_len is None or len(value) <= max_len)
-        ):
-            fields_[key] = value  # the common case, checked here: a call per field costs more than the checks
-        else:
-            fields_[key] = _field(header, key, kind, default=default, choices=choices, max_len=max_len)
+    fields_ = _plain_fields(header)
+    if fields_ is None:
+        fields_ = _checked_fields(header)
     if fields_["error_code"] is not None and not _CODE.fullmatch(fields_["error_code"]):
         raise WireFormatError(f"header field 'error_code' is {fields_['error_code']!r}, not a [a-z][a-z0-9_]* code")
     specs = header.get("tensors")
@@ -249,6 +240,43 @@ def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, str, tupl
         shape = _shape(name, spec.get("shape"))
         tensors.append((name, dtype, shape, math.prod(shape)))
     return fields_, tensors
+
+
+def _plain_fields(header: dict[str, Any]) -> dict[str, Any] | None:
+    """The message fields of a header in one pass over its keys when each is plainly valid; else None.
+
+    A header's few keys are walked instead of every field, each checked in line: a call per
+    field costs more than the checks. Anything unusual (a null, an int where a float goes, a
+    missing required field) is left to :func:`_checked_fields`, which says what is wrong.
+    """
+    fields_ = dict(_DEFAULTS)
+    for key, value in header.items():
+        spec = _PLAIN.get(key)
+        if spec is None:  # "tensors", or a field a newer peer sends
+            continue
+        kind, choices, max_len = spec
+        if type(value) is not kind:
+            return None
+        if kind is str:
+            if (choices is not None and value not in choices) or (max_len is not None and len(value) > max_len):
+                return None
+        elif kind is int:
+            if not _INT64[0] <= value <= _INT64[1]:
+                return None
+        elif not math.isfinite(value):
+            return None
+        fields_[key] = value
+    if fields_["kind"] is None or fields_["id"] is None:
+        return None
+    return fields_
+
+
+def _checked_fields(header: dict[str, Any]) -> dict[str, Any]:
+    """The message fields of a header, field by field in table order; raise for the first bad one."""
+    return {
+        key: _field(header, key, kind, default=default, choices=choices, max_len=max_len)
+        for key, kind, default, choices, max_len in _HEADER_FIELDS
+    }
 
 
 def _shape(name: str, shape: Any) -> tuple[int, ...]:

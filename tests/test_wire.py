@@ -320,3 +320,28 @@ def test_hostile_headers_raise_only_wire_format_error(header, body):
     except WireFormatError:
         return
     _assert_same(wire.decode(wire.encode(got)), got)  # what decodes can travel again, unchanged
+
+
+@settings(max_examples=300, deadline=None)
+@given(_headers)
+def test_the_one_pass_header_check_agrees_with_the_field_by_field_one(header):
+    try:
+        expected = wire._checked_fields(header)
+    except WireFormatError:
+        expected = None  # refused: the one-pass check must leave it to the field-by-field one
+    plain = wire._plain_fields(header)
+    assert plain is None or plain == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "value"),
+    [
+        pytest.param({"deadline_ms": 5}, "deadline_ms", 5.0, id="int-deadline-becomes-float"),
+        pytest.param({"model": None}, "model", "", id="null-model-is-the-default"),
+        pytest.param({"newer_field": [1]}, "model", "m", id="unknown-key-ignored"),
+    ],
+)
+def test_headers_off_the_one_pass_path_decode_as_before(extra, field, value):
+    got = getattr(wire.decode(_payload({**GOOD, **extra}, bytes(8))), field)
+    assert got == value
+    assert type(got) is type(value)

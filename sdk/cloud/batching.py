@@ -224,7 +224,8 @@ class Batcher:
                 if took is not None:  # clipped: one run slowed by a busy machine does not turn the fast path off
                     took, last = min(took, 4 * INLINE_MAX_S), self._batch_s
                     self._batch_s = took if last is None else last + _SMOOTHING * (took - last)
-                self._cond.notify()
+                if self._queue or self._closed:  # else the driver has nothing to do: waking it costs a GIL hand-off
+                    self._cond.notify()
 
     def _fail_all(self) -> None:
         while len(self._queue):

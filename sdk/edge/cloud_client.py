@@ -7,8 +7,11 @@ at once, and an open circuit fails new calls before they are sent.
 
 At least once: a call with no answer by ``resend_at`` of its deadline is sent once more with
 the same request id (workers de-duplicate it), and the first answer wins; a late one is dropped.
-Nothing a stranger publishes to the reply topic ends the network thread: each callback is a
-boundary that settles the affected call with a typed error and counts the drop, and a network
+The network thread only hands each reply's bytes to the call waiting for it, which decodes them:
+the caller wakes while the network thread finishes with the message, and a burst of replies to
+many callers is not decoded one after another on one thread. Nothing a stranger publishes to the
+reply topic ends the network thread: a reply that does not decode fails its call with a typed
+error and is counted, each callback is a boundary that counts what escapes it, and a network
 thread that died anyway is found (``connected`` is False) and restarted by the next call. Being
 offline is not a cloud failure: it fails the call at once without touching the breaker, and a
 reconnect half-opens the breaker, so a broker restart costs the reconnect, not the breaker's wait.
@@ -81,7 +84,7 @@ class CloudClient:
         self.callback_errors = 0
         self.loop_restarts = 0
         self.connections = 0
-        self._pending: dict[bytes, Future[wire.Message]] = {}
+        self._pending: dict[bytes, Future[bytes]] = {}  # request id -> the reply's payload
         self._lock = threading.Lock()
         self._revive_lock = threading.Lock()
         self._ready = threading.Event()
@@ -136,12 +139,12 @@ class CloudClient:
             raise CloudUnavailable("circuit open: the cloud failed recently")
         request = wire.request(model, x, deadline_ms=timeout_s * 1000.0, priority=priority, model_version=model_version)
         key = request.id.encode()
-        future: Future[wire.Message] = Future()
+        future: Future[bytes] = Future()
         with self._lock:
             self._pending[key] = future
         try:
             self._send(request, key, timeout_s)
-            reply = self._wait(future, request, key, deadline)
+            reply = self._read_reply(self._wait(future, request, key, deadline))
         except _ConnectionLost:
             self.breaker.release()
             raise
@@ -165,7 +168,7 @@ class CloudClient:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise CloudUnavailable(f"publish failed: {mqtt.error_string(info.rc)}")
 
-    def _wait(self, future: Future[wire.Message], request: wire.Message, key: bytes, deadline: float) -> wire.Message:
+    def _wait(self, future: Future[bytes], request: wire.Message, key: bytes, deadline: float) -> bytes:
         """The first answer by ``deadline``; a request unanswered by ``resend_at`` of it goes out once more."""
         budget_s = deadline - time.monotonic()
         if self.resend_at is not None:
@@ -180,6 +183,20 @@ class CloudClient:
             return future.result(max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             raise DeadlineExceeded(f"no answer from the cloud within {budget_s * 1000:.0f} ms") from None
+
+    def _read_reply(self, payload: bytes) -> wire.Message:
+        """The reply in ``payload``, or the error it carries raised; a payload that is no reply is a bad reply."""
+        try:
+            message = wire.decode(payload, max_bytes=self.max_payload_bytes)
+            if message.kind not in ("reply", "error"):
+                raise WireFormatError(f"expected a reply, got a {message.kind}")
+        except WireFormatError as exc:
+            self.bad_replies += 1
+            log.warning("dropped a bad reply on %s (%s: %s)", self.reply_topic, type(exc).__name__, exc)
+            raise RemoteError("bad_reply", f"{type(exc).__name__}: {exc}") from None
+        if message.kind == "error":
+            raise _remote_error(message)
+        return message
 
     def _keep_loop_alive(self) -> None:
         """Find a network thread that died (paho ends it on an exception it does not expect) and restart it."""
@@ -221,7 +238,6 @@ class CloudClient:
             self._callback_failed("on_disconnect")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        future = None
         try:
             key = getattr(getattr(msg, "properties", None), "CorrelationData", None)
             with self._lock:
@@ -229,18 +245,9 @@ class CloudClient:
             if future is None or future.done():
                 self.late_replies += 1  # a late answer to a call that gave up, or the second of two copies
                 return
-            message = wire.decode(msg.payload, max_bytes=self.max_payload_bytes)
-            if message.kind == "error":
-                _settle(future, exc=_remote_error(message))
-            elif message.kind == "reply":
-                _settle(future, result=message)
-            else:
-                raise WireFormatError(f"expected a reply, got a {message.kind}")
-        except Exception as exc:  # the boundary: nothing a stranger publishes may end the network thread
-            self.bad_replies += 1
-            log.warning("dropped a bad reply on %s (%s: %s)", msg.topic, type(exc).__name__, exc)
-            if future is not None:
-                _settle(future, exc=RemoteError("bad_reply", f"{type(exc).__name__}: {exc}"))
+            _settle(future, result=msg.payload)  # the caller decodes it: see the module docstring
+        except Exception:  # the boundary: nothing a stranger publishes may end the network thread
+            self._callback_failed("on_message")
 
     def _callback_failed(self, name: str) -> None:
         self.callback_errors += 1
@@ -269,7 +276,7 @@ def _remote_error(message: wire.Message) -> CloudError:
     return outcomes.error_for(message.error_code or "internal", message.error_message or "error")
 
 
-def _settle(future: Future[wire.Message], *, result: wire.Message | None = None, exc: Exception | None = None) -> None:
+def _settle(future: Future[bytes], *, result: bytes | None = None, exc: Exception | None = None) -> None:
     with contextlib.suppress(InvalidStateError):  # another thread settled it first
         if exc is not None:
             future.set_exception(exc)
