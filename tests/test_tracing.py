@@ -6,15 +6,18 @@ The spans are read from OpenTelemetry's in-memory exporter (in process) or from 
 
 from __future__ import annotations
 
+import http.server
 import json
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 
 import httpx
 import numpy as np
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from peers import RawRequester, subscribed_client
 from waiting import PATIENCE_S, poll
@@ -219,3 +222,44 @@ def _request_properties(requester: RawRequester, key: bytes, traceparent: str):
     props = publish_properties(response_topic=requester.reply_topic, correlation=key)
     props.UserProperty = [("traceparent", traceparent)]
     return props
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP trace receiver: keeps each body posted to /v1/traces."""
+
+    bodies: list[bytes]
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/v1/traces":
+            self.server.bodies.append(body)
+        self.send_response(200 if self.path == "/v1/traces" else 404)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_otlp_endpoint_receives_the_spans(model_dir, digits_split):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    server.bodies = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"  # a bare address: the exporter posts to /v1/traces
+        settings = tracing.TracingSettings(otlp_endpoint=endpoint)
+        with tracing.configured(settings, service_name="fedge-device"), EdgeRuntime.from_model_dir(model_dir) as rt:
+            rt.predict(digits_split.x_test[0])
+        # leaving the block shut tracing down, which exported what was queued before it returned
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    (body,) = server.bodies
+    request = ExportTraceServiceRequest.FromString(body)
+    (resource,) = request.resource_spans
+    service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
+    names = [span.name for scope in resource.scope_spans for span in scope.spans]
+    assert (service, names) == ("fedge-device", ["predict"])
