@@ -174,21 +174,28 @@ def malformed_contexts() -> int:
 
 
 def predict_span(model: str) -> contextlib.AbstractContextManager[Any]:
-    """The device's span of one ``predict`` call, current while it runs (call only when :func:`active`)."""
-    return _tracer.start_as_current_span("predict", attributes={"fedge.model": model})
+    """The device's span of one ``predict`` call, current while it runs (None when off)."""
+    tracer = _tracer  # one read: another thread may turn tracing off meanwhile
+    if tracer is None:
+        return contextlib.nullcontext()
+    return tracer.start_as_current_span("predict", attributes={"fedge.model": model})
 
 
 def record_prediction(
     span: Any, *, sources: Sequence[str], latency_ms: float, model_version: int | None, rows: int
 ) -> None:
     """Write what a ``predict`` call answered on its span: where the rows came from, how long it took."""
-    kinds = set(sources)
-    span.set_attribute("fedge.source", sources[0] if len(kinds) == 1 else "mixed")
-    span.set_attribute("fedge.rows", rows)
-    span.set_attribute("fedge.cloud_rows", sum(s == "cloud" for s in sources))
-    span.set_attribute("fedge.latency_ms", latency_ms)
+    if span is None:
+        return
+    attributes: dict[str, Any] = {
+        "fedge.source": sources[0] if len(set(sources)) == 1 else "mixed",
+        "fedge.rows": rows,
+        "fedge.cloud_rows": sources.count("cloud"),
+        "fedge.latency_ms": latency_ms,
+    }
     if model_version is not None:
-        span.set_attribute("fedge.model_version", model_version)
+        attributes["fedge.model_version"] = model_version
+    span.set_attributes(attributes)
 
 
 def inject(props: Any) -> None:
@@ -203,11 +210,12 @@ def inject(props: Any) -> None:
 
 def process_span(props: Any, topic: str, correlation: bytes, worker: str) -> Any:
     """A started worker span for a request that came with MQTT ``props``, continuing its trace; None when off."""
-    if _tracer is None:
+    tracer = _tracer
+    if tracer is None:
         return None
     pairs = getattr(props, "UserProperty", None) or ()
     parent = _extract({k: v for k, v in pairs if k in TRACE_HEADERS}, topic)
-    return _tracer.start_span(
+    return tracer.start_span(
         f"process {topic}",
         context=parent,
         kind=_otel.trace.SpanKind.CONSUMER,
@@ -221,19 +229,20 @@ def process_span(props: Any, topic: str, correlation: bytes, worker: str) -> Any
     )
 
 
-@contextlib.contextmanager
-def server_span(headers: Mapping[str, str], method: str, path: str) -> Iterator[Any]:
+def server_span(headers: Mapping[str, str], method: str, path: str) -> contextlib.AbstractContextManager[Any]:
     """An HTTP server span, current while the request is answered, continuing a ``traceparent`` header's trace."""
+    tracer = _tracer
+    if tracer is None:
+        return contextlib.nullcontext()
     parent = _extract({k: headers[k] for k in TRACE_HEADERS if k in headers}, path)
     attributes = {"http.request.method": method, "url.path": path}
-    with _tracer.start_as_current_span(
-        method, context=parent, kind=_otel.trace.SpanKind.SERVER, attributes=attributes
-    ) as span:
-        yield span
+    return tracer.start_as_current_span(method, context=parent, kind=_otel.trace.SpanKind.SERVER, attributes=attributes)
 
 
 def record_http_status(span: Any, status: int) -> None:
-    """Write an HTTP answer's status on a :func:`server_span`; a 5xx marks it failed."""
+    """Write an HTTP answer's status on a :func:`server_span` (None: nothing to do); a 5xx marks it failed."""
+    if span is None:
+        return
     span.set_attribute("http.response.status_code", status)
     if status >= 500:
         span.set_status(_otel.trace.StatusCode.ERROR, str(status))
@@ -253,11 +262,12 @@ def batch_span(traces: Sequence[Any], samples: int) -> Any:
     Linked to every request's span; its parent is the first traced request's, so that one request's
     trace shows the batch it rode in.
     """
-    if _tracer is None:
+    tracer = _tracer
+    if tracer is None:
         return None
     spans = [s for s in traces if s is not None]
     parent = _otel.trace.set_span_in_context(spans[0]) if spans else None
-    return _tracer.start_span(
+    return tracer.start_span(
         "batch",
         context=parent,
         links=[_otel.trace.Link(s.get_span_context()) for s in spans],
