@@ -1,4 +1,4 @@
-"""Edge benchmarks: SDK overhead over raw ONNX Runtime, int8 against fp32, LiteRT against ONNX Runtime.
+"""Edge benchmarks: SDK overhead over raw ONNX Runtime, int8 against fp32, LiteRT against ONNX Runtime, tracing's cost.
 
 ``python -m bench.edge [--quick] [--json] [--cache-dir DIR | --no-cache]``
 
@@ -7,8 +7,10 @@ functions called in a new random order every round, so that drift of a shared ma
 and what one call leaves behind for the next, fall on all of them alike; the headline
 figures are ratios of medians measured in the same run. The SDK's overhead is reported
 twice: on MobileNetV2, where the model's work dominates, and on the small digits model,
-where the SDK's fixed cost per call shows. Progress goes to stderr; with ``--json``
-stdout holds exactly one JSON object.
+where the SDK's fixed cost per call shows. Both are measured once more with tracing on
+(``*_tracing``: a span per call, exported to a JSON-lines file), against the bare session in
+that same phase; the headline figures are measured with tracing off, the default. Progress goes
+to stderr; with ``--json`` stdout holds exactly one JSON object.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from rich.table import Table
 
 from bench.harness import Progress, command_line, interleaved_medians, ratio
 from bench.mobilenet import MobileNetSpec, add_cache_arguments, cached_model_dir, chosen_cache_root
+from sdk import tracing
 from sdk.edge import EdgeConfig, EdgeRuntime
+from sdk.errors import ConfigError
 from sdk.manifest import Manifest, load_manifest
 
 __all__ = ["FULL", "QUICK", "Settings", "main", "raw_session", "run"]
@@ -44,6 +48,13 @@ TARGETS: dict[str, float] = {
     "int8_size_ratio": 0.30,
 }
 SEED = 0
+TRACING_FIGURES = (
+    "sdk_overhead_ratio_tracing",
+    "sdk_overhead_ratio_digits_tracing",
+    "sdk_overhead_us_tracing",
+    "tracing_latency_us",
+    "tracing_spans_written",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,7 +141,7 @@ def build_digits(directory: Path, settings: Settings, step: Progress) -> tuple[M
 def measure_mobilenet(model_dir: Path, settings: Settings, step: Progress) -> dict[str, float]:
     """Median latencies of int8 through the SDK, int8 and fp32 through bare sessions, on one 224x224 image."""
     manifest = load_manifest(model_dir)
-    x = np.random.default_rng(SEED + 1).standard_normal(manifest.input.sample_shape, dtype=np.float32)
+    x = mobilenet_input(manifest)
     batch = x[None]
     with contextlib.ExitStack() as stack:
         rt = open_runtime(model_dir, "onnx-int8", stack)
@@ -146,6 +157,46 @@ def measure_mobilenet(model_dir: Path, settings: Settings, step: Progress) -> di
             },
             settings.mobilenet_rounds,
             settings.warmup,
+        )
+
+
+def mobilenet_input(manifest: Manifest) -> np.ndarray:
+    """The one random MobileNetV2 image every measurement uses."""
+    return np.random.default_rng(SEED + 1).standard_normal(manifest.input.sample_shape, dtype=np.float32)
+
+
+def measure_traced(
+    models: Mapping[str, tuple[Path, np.ndarray, int]], settings: Settings, step: Progress, trace_file: Path
+) -> dict[str, Any] | None:
+    """Median latencies of SDK int8 and a bare int8 session per model (dir, sample, rounds), tracing to ``trace_file``.
+
+    None when the OpenTelemetry SDK is not installed.
+    """
+    try:
+        tracing.configure(tracing.TracingSettings(trace_file=trace_file), service_name="bench-edge")
+    except ConfigError as exc:
+        step(f"no tracing figures: {exc.problem}")
+        return None
+    try:
+        medians: dict[str, Any] = {}
+        for name, (model_dir, x, rounds) in models.items():
+            step(f"timing {name} with tracing on: {rounds} rounds of SDK int8, ORT int8")
+            medians[name] = sdk_against_raw(model_dir, x, rounds, settings.warmup)
+    finally:
+        tracing.shutdown()  # exports what is queued, closes the file
+    with trace_file.open(encoding="utf-8") as spans:
+        medians["spans_written"] = sum(1 for _ in spans)
+    return medians
+
+
+def sdk_against_raw(model_dir: Path, x: np.ndarray, rounds: int, warmup: int) -> dict[str, float]:
+    """Median latencies of one sample ``x`` through the SDK's int8 artifact and a bare int8 session."""
+    with contextlib.ExitStack() as stack:
+        rt = open_runtime(model_dir, "onnx-int8", stack)
+        ort_int8 = raw_session(model_dir / load_manifest(model_dir).artifacts["onnx-int8"].file)
+        batch = x[None]
+        return interleaved_medians(
+            {"sdk_int8": lambda: rt.predict(x), "ort_int8": lambda: ort_int8(batch)}, rounds, warmup
         )
 
 
@@ -195,6 +246,15 @@ def run(settings: Settings, cache_root: Path | None, step: Progress) -> dict[str
         mobilenet_manifest = load_manifest(mobilenet_dir)
         mobile_us = measure_mobilenet(mobilenet_dir, settings, step)
         digits_us = measure_digits(digits_dir, sample, settings, step)
+        traced = measure_traced(
+            {
+                "mobilenet": (mobilenet_dir, mobilenet_input(mobilenet_manifest), settings.mobilenet_rounds),
+                "digits": (digits_dir, sample, settings.digits_rounds),
+            },
+            settings,
+            step,
+            Path(tmp) / "spans.jsonl",
+        )
 
     mobile_size, digits_size = sizes(mobilenet_manifest), sizes(digits_manifest)
     acc = {kind: round(a.accuracy, 4) for kind, a in sorted(digits_manifest.artifacts.items())}
@@ -208,6 +268,7 @@ def run(settings: Settings, cache_root: Path | None, step: Progress) -> dict[str
         "int8_accuracy_drop_pt": round((acc["onnx-fp32"] - acc["onnx-int8"]) * 100, 3),
         "tflite_accuracy_drop_pt": round((acc["onnx-fp32"] - acc["tflite"]) * 100, 3),
         "litert_latency_ratio": ratio(digits_us["sdk_tflite"], digits_us["sdk_int8"]),
+        **tracing_figures(traced),
         "quick": settings.quick,
         "repetitions": {"mobilenet": settings.mobilenet_rounds, "digits": settings.digits_rounds},
         "latency_us": {
@@ -233,6 +294,22 @@ def run(settings: Settings, cache_root: Path | None, step: Progress) -> dict[str
     return report
 
 
+def tracing_figures(traced: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The figures of the phase with tracing on (None each without the OpenTelemetry SDK)."""
+    if traced is None:
+        return dict.fromkeys(TRACING_FIGURES)
+    mobile, digits = traced["mobilenet"], traced["digits"]
+    return {
+        "sdk_overhead_ratio_tracing": ratio(mobile["sdk_int8"], mobile["ort_int8"]),
+        "sdk_overhead_ratio_digits_tracing": ratio(digits["sdk_int8"], digits["ort_int8"]),
+        "sdk_overhead_us_tracing": round(digits["sdk_int8"] - digits["ort_int8"], 2),
+        "tracing_latency_us": {
+            k: {p: round(v, 2) for p, v in sorted(traced[k].items())} for k in ("mobilenet", "digits")
+        },
+        "tracing_spans_written": traced["spans_written"],
+    }
+
+
 def render(report: Mapping[str, Any], console: Console) -> None:
     """Print the report as tables."""
     headline = Table(title=f"Fedge edge benchmark ({'quick' if report['quick'] else 'full'})")
@@ -248,8 +325,13 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         ("int8_accuracy_drop_pt", "int8 accuracy drop, digits (points)"),
         ("tflite_accuracy_drop_pt", "LiteRT int8 accuracy drop, digits (points)"),
         ("litert_latency_ratio", "LiteRT / ORT int8 latency through the SDK, digits"),
+        ("sdk_overhead_ratio_tracing", "SDK predict / bare ORT run, MobileNetV2 int8, tracing on"),
+        ("sdk_overhead_ratio_digits_tracing", "SDK predict / bare ORT run, digits int8, tracing on"),
+        ("sdk_overhead_us_tracing", "SDK fixed cost per call, digits int8, tracing on (us)"),
     )
     for key, label in rows:
+        if report[key] is None:
+            continue
         target = ""
         if key in TARGETS:
             ok = report["meets_targets"][key]

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from sdk import tracing
 from sdk.cli.console import console
 
 __all__ = ["register"]
@@ -128,9 +129,11 @@ def worker(
     if broker:
         host, port = parse_address(broker)
         settings = replace(settings, host=host, port=port)
+    traces = tracing.TracingSettings.load(config)
     services = _load_services(cloud)
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(tracing.configured(traces, service_name="fedge-worker"))
             expiry = cloud.worker_session_expiry_s
             running = InferenceWorker(
                 services, settings, group=cloud.group, worker_id=worker_id, session_expiry_s=expiry
@@ -190,8 +193,10 @@ def serve(
         raise typer.BadParameter("give --model-dir to serve models, or --registry-url to run the registry")
     ensure_open_files(cloud)
     policies = _rollout_policies(cloud)  # a bad policy file stops the start here, naming its key
+    traces = tracing.TracingSettings.load(config)
     services = _load_services(cloud)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(tracing.configured(traces, service_name="fedge-cloud"))
         stack.callback(lambda: [s.close() for s in services.values()])
         registry = rollouts = None
         if cloud.registry_url:

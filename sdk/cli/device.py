@@ -25,6 +25,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from sdk import tracing
 from sdk.cli.console import console
 from sdk.cli.federate import edge_app
 
@@ -72,6 +73,7 @@ def run(
     configure_logging(edge.log_level)
     mqtt = MqttSettings.load(config)
     update = UpdateConfig.load(config)
+    traces = tracing.TracingSettings.load(config)
     log.info(
         "device %s starts: model %s (%s), broker %s:%s, repository %s",
         update.device_id,
@@ -115,7 +117,7 @@ def run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     served = 0
-    with runtime, link:
+    with runtime, link, tracing.configured(traces, service_name="fedge-device"):
         inputs = np.load(samples, allow_pickle=False) if samples else None
         while not stop.is_set() and (count == 0 or served < count):
             if inputs is not None:

@@ -32,6 +32,7 @@ from sdk.cloud.rollout_store import RolloutStore
 from sdk.cloud.routes import dashboard, models, oip, ops
 from sdk.cloud.routes import registry as registry_routes
 from sdk.cloud.schemas import error_response_for
+from sdk.cloud.trace_context import TraceContext
 from sdk.errors import FedgeError, Unauthorized
 from sdk.outcomes import code_for_status, error_code_for, http_status_for
 
@@ -81,6 +82,7 @@ def create_app(
     app.include_router(dashboard.router)
     app.add_middleware(BodyTimeout, timeout_s=config.body_timeout_s)
     app.add_middleware(ErrorBoundary)  # added last: outside the body timeout, so it sees what that lets through
+    app.add_middleware(TraceContext)  # outermost: a request's span covers all of it, a 500 included
     if repository_dir is not None:
         app.mount("/tuf", StaticFiles(directory=os.fspath(repository_dir)), name="tuf")
 

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from sdk import tracing
 from sdk.config import check
 from sdk.errors import DeadlineExceeded, Overloaded
 
@@ -57,13 +58,14 @@ class BatcherConfig:
 
 @dataclasses.dataclass(eq=False)
 class Pending:
-    """One queued request: its samples, deadline, priority and future."""
+    """One queued request: its samples, deadline, priority, future, and span when tracing is on."""
 
     x: np.ndarray
     arrived: float
     deadline: float | None
     priority: int
     future: Future = dataclasses.field(default_factory=Future)
+    trace: object | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,15 +159,21 @@ class Batcher:
             return len(self._queue)
 
     def submit(
-        self, x: np.ndarray, *, deadline_s: float | None = None, priority: int = 0, inline: bool = False
+        self,
+        x: np.ndarray,
+        *,
+        deadline_s: float | None = None,
+        priority: int = 0,
+        inline: bool = False,
+        trace: object | None = None,
     ) -> Future:
-        """Queue samples (axis 0) and return a future for their outputs.
+        """Queue samples (axis 0) and return a future for their outputs; ``trace`` is the request's span, if any.
 
         With ``inline``, a request that would leave alone at once on a quick, idle model (see the
         module docstring) runs on this thread instead, and its future is done when this returns.
         """
         now = self._clock()
-        item = Pending(x, now, None if deadline_s is None else now + deadline_s, priority)
+        item = Pending(x, now, None if deadline_s is None else now + deadline_s, priority, trace=trace)
         with self._cond:
             if self._closed:
                 raise Overloaded("batcher is closed")
@@ -241,14 +249,17 @@ class Batcher:
             return None
         if self.on_batch is not None:
             self.on_batch(sum(len(p.x) for p in batch))
+        span = tracing.batch_span([p.trace for p in batch], sum(len(p.x) for p in batch)) if tracing.active() else None
         t0 = self._clock()
         try:
             out = self._run(np.concatenate([p.x for p in batch], axis=0) if len(batch) > 1 else batch[0].x)
         except Exception as exc:  # the model's failure belongs to every caller in the batch
+            tracing.end_span(span, "internal")
             for p in batch:
                 p.future.set_exception(exc)
             return self._clock() - t0
         took = self._clock() - t0
+        tracing.end_span(span)  # before the answers: whoever sees one sees its batch's span ended
         start = 0
         for p in batch:
             p.future.set_result(out[start : start + len(p.x)])

@@ -8,6 +8,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from sdk import tracing
 from sdk.cloud.batching import Batcher, BatcherConfig
 from sdk.cloud.metrics import ServiceMetrics
 from sdk.loading import LoadedModel, LoadOptions, load_model
@@ -72,11 +73,18 @@ class InferenceService:
         return self.batcher.alive
 
     def submit(
-        self, x: object, *, deadline_s: float | None = None, priority: int = 0, inline: bool = False
+        self,
+        x: object,
+        *,
+        deadline_s: float | None = None,
+        priority: int = 0,
+        inline: bool = False,
+        trace: object | None = None,
     ) -> tuple[Future[np.ndarray], bool]:
         """Queue one sample or a batch; return its future and whether it was one sample.
 
         ``inline``: an idle, quick model may run it on this thread (see :meth:`Batcher.submit`).
+        ``trace``: the request's span, which its batch's span links to (default: the current one, when tracing).
 
         Raises:
             InvalidInput: at once, for a wrong shape, dtype or a non-finite value.
@@ -84,7 +92,9 @@ class InferenceService:
         The future raises DeadlineExceeded when the deadline passes while queued.
         """
         batch, single = self.model.inputs.prepare(x)
-        return self.batcher.submit(batch, deadline_s=deadline_s, priority=priority, inline=inline), single
+        if trace is None:
+            trace = tracing.current_span()
+        return self.batcher.submit(batch, deadline_s=deadline_s, priority=priority, inline=inline, trace=trace), single
 
     def close(self) -> None:
         """Stop batching and release the model."""

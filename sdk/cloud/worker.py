@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from sdk import topics, wire
+from sdk import topics, tracing, wire
 from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import WorkerMetrics
 from sdk.cloud.recent import RecentRequests
@@ -93,6 +93,7 @@ class _Target:
     model: str
     arrived: float
     ack: Callable[[], None]
+    span: Any = None  # the request's span, when tracing is on
 
     @property
     def request_id(self) -> str:
@@ -264,7 +265,10 @@ class InferenceWorker:
         if not isinstance(correlation, bytes) or len(correlation) > MAX_CORRELATION_BYTES:
             return self._drop("bad_correlation", f"a request on {msg.topic} with a CorrelationData that is too long")
         model = msg.topic.rsplit("/", 1)[-1]
-        return _Target(topic=topic, correlation=correlation, model=model, arrived=time.perf_counter(), ack=ack)
+        span = tracing.process_span(props, msg.topic, correlation, self.worker_id)
+        return _Target(
+            topic=topic, correlation=correlation, model=model, arrived=time.perf_counter(), ack=ack, span=span
+        )
 
     def _drop(self, reason: str, what: str) -> None:
         self.metrics.dropped.labels(reason=reason).inc()
@@ -276,6 +280,7 @@ class InferenceWorker:
             state, answer = self._recent.claim(key)
             if state != "new":
                 self.metrics.duplicates.labels(state=state).inc()
+                tracing.end_span(target.span, "duplicate")
                 if answer is not None:
                     self._publish(target, answer)
                 target.ack()
@@ -297,6 +302,7 @@ class InferenceWorker:
                 deadline_s=None if req.deadline_ms is None else req.deadline_ms / 1000.0,
                 priority=req.priority,
                 inline=not self._backlog(),
+                trace=target.span,
             )
         except (InvalidInput, WireFormatError, Overloaded) as exc:
             return self._fail(target, error_code_for(exc), str(exc))
@@ -355,6 +361,7 @@ class InferenceWorker:
         self.metrics.count_request("mqtt", target.model, outcome, time.perf_counter() - target.arrived)
         if target.correlation:
             self._recent.answered((target.topic, target.correlation), payload)
+        tracing.end_span(target.span, outcome)  # before the reply: whoever sees it sees the span ended
         self._publish(target, payload)
         target.ack()
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from sdk import outcomes, topics, wire
+from sdk import outcomes, topics, tracing, wire
 from sdk.edge.breaker import CircuitBreaker
 from sdk.errors import (
     CloudError,
@@ -162,6 +162,7 @@ class CloudClient:
 
     def _send(self, request: wire.Message, key: bytes, budget_s: float) -> None:
         props = publish_properties(response_topic=self.reply_topic, correlation=key, expiry_s=max(1, int(budget_s + 1)))
+        tracing.inject(props)  # the calling predict's trace context, when tracing is on
         info = self._client.publish(topics.infer(request.model), wire.encode(request), qos=1, properties=props)
         if info.rc == mqtt.MQTT_ERR_NO_CONN:  # the connection went since the call started
             raise _ConnectionLost("lost the broker connection before the request went out")

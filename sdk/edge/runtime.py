@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from sdk import tracing
 from sdk.backends import Backend
 from sdk.confidence import confidences
 from sdk.edge.cache import ResultCache, input_key
@@ -179,6 +180,26 @@ class EdgeRuntime:
             BackendError: the engine failed and no cloud could stand in.
             CloudError: under ``cloud-only`` or without a local model, the cloud could not answer.
         """
+        if tracing.active():
+            return self._predict_traced(x)
+        return self._predict(x)
+
+    def _predict_traced(self, x: object) -> Prediction | BatchPrediction:
+        """``predict`` inside a span, current while it runs (a cloud request carries it), that says its answer."""
+        model = self._model
+        with tracing.predict_span(self._config.model_name or (model.manifest.name if model else "")) as span:
+            result = self._predict(x)
+            single = isinstance(result, Prediction)
+            tracing.record_prediction(
+                span,
+                sources=(result.source,) if single else result.sources,
+                latency_ms=result.latency_ms,
+                model_version=result.model_version,
+                rows=1 if single else len(result.labels),
+            )
+        return result
+
+    def _predict(self, x: object) -> Prediction | BatchPrediction:
         start = self._clock()
         model = self._model  # one read: a concurrent model swap never mixes two models in one call
         if self._closed:

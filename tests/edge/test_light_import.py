@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "flwr", "fastapi", "sqlalchemy", "ray")
+# opentelemetry is not heavy, but the device imports it only when tracing is configured.
+HEAVY = ("torch", "flwr", "fastapi", "sqlalchemy", "ray", "opentelemetry")
 
 
 def test_edge_runtime_imports_no_heavy_framework(model_dir):
@@ -28,7 +29,7 @@ def test_device_side_modules_import_no_heavy_framework():
         "sdk.edge.cloud_client sdk.edge.updater sdk.edge.status sdk.edge.background sdk.edge.install"
         " sdk.edge.calibration"
         " sdk.config sdk.mqtt sdk.wire sdk.manifest sdk.cli sdk.cli.device"
-        " sdk.loading sdk.backends sdk.inputs sdk.confidence sdk.notices sdk.outcomes"
+        " sdk.loading sdk.backends sdk.inputs sdk.confidence sdk.notices sdk.outcomes sdk.tracing"
     )
     code = (
         "import sys, importlib\n"
