@@ -10,9 +10,11 @@ export of a model trained one epoch on 40 images.
 
 from __future__ import annotations
 
+import json
 import re
 
 from bench.versions import make_version
+from sdk.cli.demo import gather_traces
 from sdk.cli.demo_fleet import FLEET, PHASES, badly_trained, ota_stage
 from sdk.edge.rollout import bucket
 from sdk.registry_client import RegistryClient
@@ -72,3 +74,16 @@ def test_the_loop_widens_a_good_release_aborts_and_recalls_a_bad_one_while_every
     for device in run.devices:
         if device.device_id in first_stage:  # back on v2 after the abort, not before
             assert device.swapped_at[-1] >= recall - 0.001, (device, recall)  # log stamps are to the millisecond
+    # Every process wrote its spans (FEDGE_TELEMETRY__TRACE_FILE); the demo gathers them into one trace file.
+    trace = gather_traces(tmp_path / "ota")
+    assert trace is not None
+    spans = [json.loads(line) for line in trace.read_text().splitlines()]
+    services = {s["resource"]["attributes"]["service.name"] for s in spans}
+    assert services == {"fedge-device", "fedge-worker", "fedge-cloud"}
+    predicts = {s["context"]["span_id"]: s for s in spans if s["name"] == "predict"}
+    fallbacks = [s for s in spans if s["name"].startswith("process ") and s["parent_id"] in predicts]
+    assert fallbacks  # a device's fallback continued, in the worker process, the trace its predict span opened
+    for span in fallbacks:
+        parent = predicts[span["parent_id"]]
+        assert parent["context"]["trace_id"] == span["context"]["trace_id"]
+        assert parent["attributes"]["fedge.cloud_rows"] > 0

@@ -13,6 +13,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from sdk import tracing
 from sdk.cli.console import console, progress
 from sdk.cli.demo_results import Call, CascadeRun, FederationRun, RoundFigures
 
@@ -23,8 +24,11 @@ __all__ = ["register"]
 DEVICE, CALIBRATOR = "demo-device", "demo-calibrate"
 #: The artifact the fallback stage's device runs, and calibrates.
 DEVICE_ARTIFACT = "onnx-int8"
-#: Written by the tracing work (issue 13) once it lands; the report lists it when it exists.
+#: Every span the demo's processes wrote, one JSON object per line; the report links it.
 TRACE_FILE = "trace.jsonl"
+#: What each process writes its spans to (``FEDGE_TELEMETRY__TRACE_FILE``) before the demo gathers them.
+TRACE_SUFFIX = ".trace.jsonl"
+TRACE_ENV = "FEDGE_TELEMETRY__TRACE_FILE"
 
 
 def demo(
@@ -118,17 +122,34 @@ def demo(
     federated, loop = None, None
     if federation or ota:
         federated, loop = _closed_loop(model, model_dir, split, workdir, epochs, federation=federation, ota=ota)
-    trace = workdir / TRACE_FILE
+    trace = gather_traces(workdir)
     index = write_report(
         report,
         first_release=tuple(first_release),
         cascade=cascade,
         federation=federated,
         loop=loop,
-        trace_file=trace if trace.is_file() else None,
+        trace_file=trace,
         wall_s=time.perf_counter() - started,
     )
     console.print(f"the demo's report: {index.resolve()}", highlight=False)
+
+
+def gather_traces(workdir: Path) -> Path | None:
+    """Join the span files every demo process wrote under ``workdir`` into one ``trace.jsonl``; None when none."""
+    parts = sorted(p for p in workdir.rglob(f"*{TRACE_SUFFIX}") if p.is_file())
+    if not parts:
+        return None
+    trace = workdir / TRACE_FILE
+    spans = 0
+    with trace.open("w", encoding="utf-8") as out:
+        for part in parts:
+            for line in part.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    out.write(line + "\n")
+                    spans += 1
+    console.print(f"{spans} spans from {len(parts)} processes (one trace per fallback): {trace.resolve()}")
+    return trace
 
 
 def _closed_loop(model, model_dir: Path, split, workdir: Path, epochs: int, *, federation: bool, ota: bool):
@@ -336,10 +357,16 @@ def cloud_stage(
         env = {**os.environ, PASSWORD_ENV: layout.password(WORKER_ACCOUNT)}
         workers = [
             subprocess.Popen(
-                [*command, "--id", f"demo-{i}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [*command, "--id", f"demo-{i}"],
+                env={**env, TRACE_ENV: str(workdir / f"worker-{i}{TRACE_SUFFIX}")},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             for i in (1, 2)
         ]
+        # This process is the stage's device: its predict spans are the roots of the fallbacks' traces.
+        traces = tracing.TracingSettings(trace_file=workdir / f"{DEVICE}{TRACE_SUFFIX}")
+        stack.enter_context(tracing.configured(traces, service_name=DEVICE))
         stack.callback(_stop_all, workers)
         key = secrets.token_urlsafe(24)
         services = load_services([cloud_dir], providers=("cpu",))

@@ -39,7 +39,7 @@ import numpy as np
 from rich.table import Table
 
 from sdk.cli.console import console
-from sdk.cli.demo import _secured_broker, _stop_all, _wait_for_workers
+from sdk.cli.demo import TRACE_ENV, TRACE_SUFFIX, _secured_broker, _stop_all, _wait_for_workers
 
 __all__ = [
     "FLEET",
@@ -241,6 +241,7 @@ def ota_stage(
         processes["worker"] = _spawn(work, workdir / "worker", layout.password(WORKER_ACCOUNT))
         wait = _Waiter(processes, workdir, pace.patience_s)
         wait.until(lambda: _answers(f"{url}/healthz"), "fedge cloud serve answers")
+        console.print(f"the fleet dashboard, live while the demo runs: {url}/dashboard", highlight=False)
         probe = CloudClient(layout.settings(ids[0], broker.address), device_id=ids[0]).start(wait=True)
         try:  # before a device starts: until its first install it answers through this worker
             _wait_for_workers(probe, MODEL, x[0], timeout_s=pace.patience_s)
@@ -363,7 +364,8 @@ def _spawn(command: list[str], base: Path, password: str, extra: dict[str, str] 
     """Start ``command`` with its account's password in the environment; stdout to ``base.out``, stderr to ``.log``."""
     from sdk.broker.layout import PASSWORD_ENV
 
-    env = {**os.environ, PASSWORD_ENV: password, "COLUMNS": "200", **(extra or {})}
+    trace = {TRACE_ENV: str(base.with_suffix(TRACE_SUFFIX))}  # its spans, which the demo gathers at the end
+    env = {**os.environ, PASSWORD_ENV: password, "COLUMNS": "200", **trace, **(extra or {})}
     base.parent.mkdir(parents=True, exist_ok=True)
     with open(base.with_suffix(".out"), "w") as out, open(base.with_suffix(".log"), "w") as err:
         return subprocess.Popen(command, env=env, stdout=out, stderr=err)
