@@ -312,3 +312,44 @@ def test_the_demo_cloud_stage_calibrates_against_the_cloud_tier_it_serves_throug
     assert run.cloud_accuracy > run.device_accuracy
     assert run.cascade_accuracy >= run.device_accuracy
     assert "allow_anonymous false" in (tmp_path / "cloud" / "broker" / "mosquitto.conf").read_text()
+
+
+def test_fedge_calibrate_asks_the_served_cloud_through_a_secured_broker_as_its_own_account(
+    secured, model_dir, cloud_model_dir, digits_split, tmp_path
+):
+    import json
+    import os
+
+    from sdk.broker.layout import PASSWORD_ENV
+    from sdk.cli.demo import _stop_all, _wait_for_workers
+    from sdk.edge.cloud_client import CloudClient
+    from sdk.manifest import load_manifest
+
+    layout, address = secured.layout, secured.broker.address
+    model = shutil.copytree(model_dir, tmp_path / "device")
+    serve = ["cloud", "worker", "-m", str(cloud_model_dir), "--broker", address, "--id", "calibrated-against"]
+    worker = subprocess.Popen(
+        [*FEDGE, *serve, "--config", str(layout.client_config(WORKER_ACCOUNT))],
+        env={**os.environ, PASSWORD_ENV: layout.password(WORKER_ACCOUNT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with CloudClient(secured.as_("pi-b"), device_id="pi-b").start(wait=True) as probe:
+            _wait_for_workers(probe, load_manifest(cloud_model_dir).name, digits_split.x_test[0])
+        # The ACL delivers replies to an account's own device id only: the driver must ask as "pi-a".
+        ask = ["--config", str(layout.client_config("pi-a")), "--broker", address, "--timeout-s", "120"]
+        what = ["--artifact", "onnx-int8", "--target-accuracy", "0.9", "--no-plot", "--json"]
+        proc = subprocess.run(
+            [*FEDGE, "calibrate", "-m", str(model), *ask, *what],
+            env={**os.environ, PASSWORD_ENV: layout.password("pi-a")},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        _stop_all([worker])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    chosen = json.loads(proc.stdout)["artifacts"]["onnx-int8"]
+    assert chosen["reached"]
+    assert load_manifest(model).threshold_for("onnx-int8") == chosen["threshold"]

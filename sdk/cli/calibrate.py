@@ -82,7 +82,9 @@ def calibrate(
             host, port = parse_address(broker)
             settings = replace(settings, host=host, port=port)
         with console.status(f"asking the cloud at {settings.host}:{settings.port} for {len(y)} held-out rows"):
-            cloud = ask_served_cloud(settings, cloud_model or manifest.name, x, timeout_s=timeout_s)
+            # On a secured broker, replies reach only the account's own device id, which is its username.
+            asker = settings.username
+            cloud = ask_served_cloud(settings, cloud_model or manifest.name, x, timeout_s=timeout_s, device_id=asker)
     results = calibrate_thresholds(
         model_dir,
         x,
