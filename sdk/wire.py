@@ -34,6 +34,7 @@ import json
 import math
 import re
 import struct
+import sys
 import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -78,6 +79,9 @@ _LITTLE = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
 _NATIVE = {name: np.dtype(name).newbyteorder("=") for name in DTYPES}
 _WIRE_DTYPE = {np.dtype(name).newbyteorder(order): name for name in DTYPES for order in "<>="}
 _JSON = json.JSONEncoder(separators=(",", ":"))
+_JSON_DECODER = json.JSONDecoder()
+#: Whether tensors read off the wire need their bytes swapped to native order (only on big-endian hosts).
+_SWAP = sys.byteorder != "little"
 #: The header's message fields: (key, type, default (``...``: required), allowed values, longest length).
 _HEADER_FIELDS: tuple[tuple[str, type, Any, tuple[str, ...] | None, int | None], ...] = (
     ("kind", str, ..., ("request", "reply", "error"), None),
@@ -176,7 +180,8 @@ def encode(message: Message) -> bytes:
         dtype = _WIRE_DTYPE.get(arr.dtype)
         if dtype is None:
             raise WireFormatError(f"tensor {name!r}: dtype {arr.dtype} cannot travel (allowed: {', '.join(DTYPES)})")
-        arr = np.asarray(arr, dtype=_LITTLE[dtype], order="C")  # keeps 0-d arrays 0-d
+        if arr.dtype != _LITTLE[dtype] or not arr.flags.c_contiguous:
+            arr = np.asarray(arr, dtype=_LITTLE[dtype], order="C")  # keeps 0-d arrays 0-d
         specs.append({"name": name, "dtype": dtype, "shape": list(arr.shape)})
         blobs.append(arr.tobytes())
     header: dict[str, Any] = {"kind": message.kind, "id": message.id, "tensors": specs}
@@ -206,11 +211,20 @@ def decode(payload: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_
     if header_len > MAX_HEADER_BYTES or _PREFIX.size + header_len > len(view):
         raise WireFormatError(f"header length {header_len} runs past the payload")
     try:
-        header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + header_len]))
+        header = _parse_json(str(view[_PREFIX.size : _PREFIX.size + header_len], "utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireFormatError(f"header is not valid JSON: {exc}") from None
     fields_, specs = _read_header(header)
     return Message(**fields_, tensors=_read_tensors(specs, view[_PREFIX.size + header_len :]))
+
+
+def _parse_json(text: str) -> Any:
+    """The JSON document ``text`` holds, as ``json.loads`` reads it; the common case in one call of the C scanner."""
+    try:
+        value, end = _JSON_DECODER.raw_decode(text)
+    except ValueError:
+        return json.loads(text)  # leading whitespace is allowed there; else it raises the error to report
+    return value if end == len(text) else json.loads(text)
 
 
 def _read_header(header: Any) -> tuple[dict[str, Any], list[tuple[str, str, tuple[int, ...], int]]]:
@@ -334,8 +348,8 @@ def _read_tensors(specs: list[tuple[str, str, tuple[int, ...], int]], body: memo
         if count == 0:  # nothing to read, and some numpy versions refuse frombuffer at the end of a buffer
             tensors[name] = np.empty(shape, native)
         else:
-            arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
-            tensors[name] = arr.astype(native, copy=False)
+            arr = np.ndarray(shape, dtype, buffer=body, offset=offset)  # a read-only view: one numpy call
+            tensors[name] = arr.astype(native) if _SWAP else arr
         offset += nbytes
     if offset != len(body):
         raise WireFormatError(f"{len(body) - offset} bytes follow the last tensor")

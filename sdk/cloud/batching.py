@@ -5,11 +5,11 @@ has waited ``max_queue_delay_ms``. Higher priorities leave first; requests whose
 deadline passed are dropped before compute; a full queue sheds load at once.
 
 A request that would be a batch of one anyway (the model idle, nothing queued, no queue
-delay) may run on the thread that submits it (``submit(..., inline=True)``) when the
-model's recent batches were quick (under :data:`INLINE_MAX_S`): a hand-off to the
-batcher's thread and back costs more than such a model's run (two thread wake-ups and
-the GIL changing hands). Requests that come while it runs queue as usual and leave
-together in the next batch, so batching under load stays as it was.
+delay) may run on its caller's thread (:meth:`Batcher.run_alone`, which returns the outputs
+themselves) when the model's recent batches were quick (under :data:`INLINE_MAX_S`): a
+hand-off to the batcher's thread and back costs more than such a model's run (two thread
+wake-ups and the GIL changing hands), and so does a future. Requests that come while it
+runs queue as usual and leave together in the next batch, so batching under load stays as it was.
 """
 
 from __future__ import annotations
@@ -96,13 +96,13 @@ class BatchQueue:
             raise Overloaded(f"queue full ({self.config.max_queue} requests)")
         heapq.heappush(self._heap, (-item.priority, next(self._seq), item))
 
-    def takes_at_once(self, item: Pending, now: float) -> bool:
-        """Whether ``item`` would leave alone at once: nothing waits, no queue delay, and its deadline is ahead."""
+    def takes_at_once(self, rows: int, deadline: float | None, now: float) -> bool:
+        """Whether ``rows`` samples due by ``deadline`` would leave alone at once: nothing waits, no queue delay."""
         return (
             not self._heap
             and self.config.max_queue_delay_ms == 0
-            and (item.deadline is None or item.deadline > now)
-            and len(item.x) <= self.config.max_batch_size
+            and (deadline is None or deadline > now)
+            and rows <= self.config.max_batch_size
         )
 
     def decide(self, now: float) -> Decision:
@@ -159,33 +159,38 @@ class Batcher:
             return len(self._queue)
 
     def submit(
-        self,
-        x: np.ndarray,
-        *,
-        deadline_s: float | None = None,
-        priority: int = 0,
-        inline: bool = False,
-        trace: object | None = None,
+        self, x: np.ndarray, *, deadline_s: float | None = None, priority: int = 0, trace: object | None = None
     ) -> Future:
-        """Queue samples (axis 0) and return a future for their outputs; ``trace`` is the request's span, if any.
-
-        With ``inline``, a request that would leave alone at once on a quick, idle model (see the
-        module docstring) runs on this thread instead, and its future is done when this returns.
-        """
+        """Queue samples (axis 0) and return a future for their outputs; ``trace`` is the request's span, if any."""
         now = self._clock()
         item = Pending(x, now, None if deadline_s is None else now + deadline_s, priority, trace=trace)
         with self._cond:
             if self._closed:
                 raise Overloaded("batcher is closed")
-            here = inline and self._quick_and_idle() and self._queue.takes_at_once(item, now)
-            if here:
-                self._running = True
-            else:
-                self._queue.push(item)
-                self._cond.notify()
-        if here:
-            self._run_batch([item])
+            self._queue.push(item)
+            self._cond.notify()
         return item.future
+
+    def run_alone(
+        self, x: np.ndarray, *, deadline_s: float | None = None, trace: object | None = None
+    ) -> np.ndarray | None:
+        """Run samples that would leave alone at once on a quick, idle model on this thread; return their outputs.
+
+        None: the model is busy, slow or not yet timed, or requests wait: :meth:`submit` them instead.
+        A failure of the model is raised here.
+        """
+        now = self._clock()
+        with self._cond:
+            if self._closed or not self._quick_and_idle():
+                return None
+            if not self._queue.takes_at_once(len(x), None if deadline_s is None else now + deadline_s, now):
+                return None
+            self._running = True
+        t0 = self._clock()
+        try:
+            return self._run_traced(x, [trace])
+        finally:
+            self._free(self._clock() - t0)
 
     def close(self) -> None:
         """Stop the thread; queued requests fail with Overloaded."""
@@ -222,18 +227,22 @@ class Batcher:
             self._run_batch(d.batch)
 
     def _run_batch(self, batch: list[Pending]) -> None:
-        """Run ``batch``, then free the model and tell the driver (requests may have queued behind it)."""
+        """Run ``batch``, then free the model."""
         took = None
         try:
             took = self._execute(batch)
         finally:
-            with self._cond:
-                self._running = False
-                if took is not None:  # clipped: one run slowed by a busy machine does not turn the fast path off
-                    took, last = min(took, 4 * INLINE_MAX_S), self._batch_s
-                    self._batch_s = took if last is None else last + _SMOOTHING * (took - last)
-                if self._queue or self._closed:  # else the driver has nothing to do: waking it costs a GIL hand-off
-                    self._cond.notify()
+            self._free(took)
+
+    def _free(self, took: float | None) -> None:
+        """Free the model after a run of ``took`` seconds (None: nothing ran) and tell the driver if requests wait."""
+        with self._cond:
+            self._running = False
+            if took is not None:  # clipped: one run slowed by a busy machine does not turn the fast path off
+                took, last = min(took, 4 * INLINE_MAX_S), self._batch_s
+                self._batch_s = took if last is None else last + _SMOOTHING * (took - last)
+            if self._queue or self._closed:  # else the driver has nothing to do: waking it costs a GIL hand-off
+                self._cond.notify()
 
     def _fail_all(self) -> None:
         while len(self._queue):
@@ -247,24 +256,36 @@ class Batcher:
         batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
         if not batch:
             return None
-        if self.on_batch is not None:
-            self.on_batch(sum(len(p.x) for p in batch))
-        span = tracing.batch_span([p.trace for p in batch], sum(len(p.x) for p in batch)) if tracing.active() else None
         t0 = self._clock()
         try:
-            out = self._run(np.concatenate([p.x for p in batch], axis=0) if len(batch) > 1 else batch[0].x)
+            out = self._run_traced(
+                np.concatenate([p.x for p in batch], axis=0) if len(batch) > 1 else batch[0].x, [p.trace for p in batch]
+            )
         except Exception as exc:  # the model's failure belongs to every caller in the batch
-            tracing.end_span(span, "internal")
             for p in batch:
                 p.future.set_exception(exc)
             return self._clock() - t0
         took = self._clock() - t0
-        tracing.end_span(span)  # before the answers: whoever sees one sees its batch's span ended
         start = 0
         for p in batch:
             p.future.set_result(out[start : start + len(p.x)])
             start += len(p.x)
         return took
+
+    def _run_traced(self, x: np.ndarray, traces: list[object | None]) -> np.ndarray:
+        """Run the model on one batch, counted by ``on_batch`` and inside its span when tracing is on."""
+        if self.on_batch is not None:
+            self.on_batch(len(x))
+        if not tracing.active():
+            return self._run(x)
+        span = tracing.batch_span(traces, len(x))
+        try:
+            out = self._run(x)
+        except Exception:
+            tracing.end_span(span, "internal")
+            raise
+        tracing.end_span(span)  # before the answers: whoever sees one sees its batch's span ended
+        return out
 
 
 def _fail(item: Pending, exc: Exception) -> None:

@@ -73,17 +73,10 @@ class InferenceService:
         return self.batcher.alive
 
     def submit(
-        self,
-        x: object,
-        *,
-        deadline_s: float | None = None,
-        priority: int = 0,
-        inline: bool = False,
-        trace: object | None = None,
+        self, x: object, *, deadline_s: float | None = None, priority: int = 0, trace: object | None = None
     ) -> tuple[Future[np.ndarray], bool]:
         """Queue one sample or a batch; return its future and whether it was one sample.
 
-        ``inline``: an idle, quick model may run it on this thread (see :meth:`Batcher.submit`).
         ``trace``: the request's span, which its batch's span links to (default: the current one, when tracing).
 
         Raises:
@@ -94,7 +87,22 @@ class InferenceService:
         batch, single = self.model.inputs.prepare(x)
         if trace is None:
             trace = tracing.current_span()
-        return self.batcher.submit(batch, deadline_s=deadline_s, priority=priority, inline=inline, trace=trace), single
+        return self.batcher.submit(batch, deadline_s=deadline_s, priority=priority, trace=trace), single
+
+    def run_alone(
+        self, x: object, *, deadline_s: float | None = None, trace: object | None = None
+    ) -> tuple[np.ndarray, bool] | None:
+        """Answer one sample or a batch on this thread when the model is quick and idle (:meth:`Batcher.run_alone`).
+
+        Returns the outputs and whether it was one sample; None: :meth:`submit` it instead.
+
+        Raises:
+            InvalidInput: a wrong shape, dtype or a non-finite value.
+            Exception: whatever the model raised.
+        """
+        batch, single = self.model.inputs.prepare(x)
+        out = self.batcher.run_alone(batch, deadline_s=deadline_s, trace=trace)
+        return None if out is None else (out, single)
 
     def close(self) -> None:
         """Stop batching and release the model."""

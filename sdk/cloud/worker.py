@@ -39,10 +39,11 @@ What the broker does with the unacknowledged requests of a worker that is SIGKIL
   for shared subscribers.
 
 A request that finds the model idle and nothing behind it on the connection (no bytes waiting to
-be read) is answered on the network thread itself when the model is quick (see
-:mod:`sdk.cloud.batching`): no hand-off to the batcher's thread and back, which cost more than
-such a model's run. Requests that do wait behind it go to the batcher and leave together, so
-bursts are batched as before.
+be read) is answered on the network thread itself when the model is quick
+(:meth:`~sdk.cloud.inference.InferenceService.run_alone`): no hand-off to the batcher's thread and
+back, nor a future, which cost more than such a model's run. Its errors are answered as a batch's
+are. Requests that do wait behind it go to the batcher and leave together, so bursts are batched
+as before.
 
 Holding acknowledgements has a cost on Mosquitto: ``max_inflight_messages`` (default 20
 per client) caps the requests one worker holds at once, and so its batch size; raise it
@@ -296,14 +297,17 @@ class InferenceWorker:
             return self._fail(
                 target, "unknown_model", f"this worker serves {sorted(self.services)}, not {target.model!r}"
             )
+        deadline_s = None if req.deadline_ms is None else req.deadline_ms / 1000.0
         try:
-            future, single = service.submit(
-                req.tensor,
-                deadline_s=None if req.deadline_ms is None else req.deadline_ms / 1000.0,
-                priority=req.priority,
-                inline=not self._backlog(),
-                trace=target.span,
-            )
+            alone = None if self._backlog() else service.run_alone(req.tensor, deadline_s=deadline_s, trace=target.span)
+        except (InvalidInput, WireFormatError) as exc:
+            return self._fail(target, error_code_for(exc), str(exc))
+        except Exception as exc:  # the model failed on this request, run alone: answered as a failed batch is
+            return self._refuse(target, exc)
+        if alone is not None:
+            return self._reply(target, req, *alone, service)
+        try:
+            future, single = service.submit(req.tensor, deadline_s=deadline_s, priority=req.priority, trace=target.span)
         except (InvalidInput, WireFormatError, Overloaded) as exc:
             return self._fail(target, error_code_for(exc), str(exc))
         future.add_done_callback(lambda f: self._finish(f, req, single, service, target))
@@ -327,19 +331,27 @@ class InferenceWorker:
         try:
             exc = f.exception()
             if exc is not None:
-                code = error_code_for(exc)
-                if code == "internal":
-                    log.error("%s failed on a batch: %s", target.model, exc)
-                return self._fail(target, code, str(exc) if code != "internal" else "the model failed on this batch")
-            out = f.result()
-            source = f"cloud:{self.worker_id}"
-            reply = wire.reply(req, out[0] if single else out, model_version=service.manifest.version, source=source)
-            with self._count_lock:  # counted first: whoever sees the reply sees the count
-                self.answered += 1
-            self._answer(target, reply, "ok")
+                return self._refuse(target, exc)
+            self._reply(target, req, f.result(), single, service)
         except Exception:
             log.exception("%s: unexpected failure answering a request to %s", self.worker_id, target.model)
             self._fail_safely(target, target.ack)
+
+    def _reply(
+        self, target: _Target, req: wire.Message, out: np.ndarray, single: bool, service: InferenceService
+    ) -> None:
+        source = f"cloud:{self.worker_id}"
+        reply = wire.reply(req, out[0] if single else out, model_version=service.manifest.version, source=source)
+        with self._count_lock:  # counted first: whoever sees the reply sees the count
+            self.answered += 1
+        self._answer(target, reply, "ok")
+
+    def _refuse(self, target: _Target, exc: BaseException) -> None:
+        """Answer a request whose run failed with ``exc``: its typed error, or ``internal`` for the model's failure."""
+        code = error_code_for(exc)
+        if code == "internal":
+            log.error("%s failed on a batch: %s", target.model, exc)
+        self._fail(target, code, str(exc) if code != "internal" else "the model failed on this batch")
 
     def _fail(self, target: _Target, code: wire.ErrorCode, text: str) -> None:
         self._answer(target, wire.error_reply(target.request_id, code, text, model=target.model), code)

@@ -77,14 +77,14 @@ def test_driver_expired_request_fails_with_deadline():
 
 def test_only_a_lone_request_on_an_idle_queue_without_delay_may_leave_at_once():
     q = BatchQueue(BatcherConfig(max_batch_size=4, max_queue_delay_ms=0))
-    assert q.takes_at_once(item(0.0), now=0.0)
-    assert q.takes_at_once(item(0.0, deadline=1.0), now=0.5)
-    assert not q.takes_at_once(item(0.0, deadline=1.0), now=1.0)  # expired: the queue fails it with its deadline
-    assert not q.takes_at_once(item(0.0, n=5), now=0.0)  # more samples than a batch holds
+    assert q.takes_at_once(1, None, now=0.0)
+    assert q.takes_at_once(1, 1.0, now=0.5)
+    assert not q.takes_at_once(1, 1.0, now=1.0)  # expired: the queue fails it with its deadline
+    assert not q.takes_at_once(5, None, now=0.0)  # more samples than a batch holds
     q.push(item(0.0))
-    assert not q.takes_at_once(item(0.0), now=0.0)  # someone waits already: join the batch
+    assert not q.takes_at_once(1, None, now=0.0)  # someone waits already: join the batch
     delayed = BatchQueue(BatcherConfig(max_queue_delay_ms=5))
-    assert not delayed.takes_at_once(item(0.0), now=0.0)  # a configured delay asks for fuller batches
+    assert not delayed.takes_at_once(1, None, now=0.0)  # a configured delay asks for fuller batches
 
 
 class FakeClock:
@@ -97,27 +97,55 @@ class FakeClock:
         return self.now
 
 
-def test_a_quick_idle_model_answers_an_inline_request_on_the_callers_thread():
-    clock, ran_on = FakeClock(), []
+def answer(b, x):
+    """What a worker does: the outputs of a lone run on this thread, else of a submitted request."""
+    out = b.run_alone(x)
+    return b.submit(x).result(PATIENCE_S) if out is None else out
+
+
+def test_a_quick_idle_model_answers_a_lone_request_on_the_callers_thread():
+    clock, ran_on, sizes = FakeClock(), [], []
 
     def model(x):
         ran_on.append(threading.current_thread().name)
         return x * 2
 
-    b = Batcher(model, BatcherConfig(), clock=clock)
+    b = Batcher(model, BatcherConfig(), clock=clock, on_batch=sizes.append)
     try:
-        assert (b.submit(np.ones((1, 2), np.float32), inline=True).result(PATIENCE_S) == 2).all()
-        assert ran_on == ["fedge-batcher"]  # no run time known yet: the batcher's thread runs the first
-        f = b.submit(np.ones((1, 2), np.float32), inline=True)
-        assert f.done()  # answered before submit returned
-        assert (f.result() == 2).all()
-        b.submit(np.ones((1, 2), np.float32)).result(PATIENCE_S)  # without inline: the batcher's thread
+        assert b.run_alone(np.ones((1, 2), np.float32)) is None  # no run time known yet: submit it
+        assert (b.submit(np.ones((1, 2), np.float32)).result(PATIENCE_S) == 2).all()
+        assert ran_on == ["fedge-batcher"]
+        assert (b.run_alone(np.ones((1, 2), np.float32)) == 2).all()  # the outputs themselves, no future
+        b.submit(np.ones((1, 2), np.float32)).result(PATIENCE_S)  # submitted: the batcher's thread
         assert ran_on == ["fedge-batcher", threading.current_thread().name, "fedge-batcher"]
+        assert sizes == [1, 1, 1]  # a lone run is counted as a batch of one
+        assert b.run_alone(np.ones((1, 2), np.float32), deadline_s=-1.0) is None  # late: the queue fails it
     finally:
         b.close()
 
 
-def test_a_slow_model_keeps_inline_requests_on_the_batchers_thread():
+def test_a_model_that_fails_on_a_lone_run_raises_to_its_caller_and_the_next_request_is_served():
+    clock, fail = FakeClock(), [False]
+
+    def model(x):
+        if fail[0]:
+            raise RuntimeError("the engine failed")
+        return x
+
+    b = Batcher(model, BatcherConfig(), clock=clock)
+    try:
+        b.submit(np.ones((1, 2), np.float32)).result(PATIENCE_S)  # a quick run: lone runs from now on
+        fail[0] = True
+        with pytest.raises(RuntimeError, match="the engine failed"):
+            b.run_alone(np.ones((1, 2), np.float32))
+        fail[0] = False
+        assert (b.run_alone(np.ones((1, 2), np.float32)) == 1).all()  # the model was freed
+        assert (b.submit(np.ones((1, 2), np.float32)).result(PATIENCE_S) == 1).all()
+    finally:
+        b.close()
+
+
+def test_a_slow_model_keeps_lone_requests_on_the_batchers_thread():
     clock, ran_on = FakeClock(), []
 
     def model(x):
@@ -128,17 +156,17 @@ def test_a_slow_model_keeps_inline_requests_on_the_batchers_thread():
     b = Batcher(model, BatcherConfig(), clock=clock)
     try:
         for _ in range(3):
-            b.submit(np.ones((1, 2), np.float32), inline=True).result(PATIENCE_S)
+            answer(b, np.ones((1, 2), np.float32))
         assert ran_on == ["fedge-batcher"] * 3
     finally:
         b.close()
 
 
-def test_requests_that_come_while_an_inline_run_holds_the_model_leave_together_next():
+def test_requests_that_come_while_a_lone_run_holds_the_model_leave_together_next():
     clock, sizes, started, gate = FakeClock(), [], threading.Event(), threading.Event()
     b = Batcher(lambda x: x, BatcherConfig(), clock=clock, on_batch=sizes.append)
     try:
-        b.submit(np.ones((1, 2), np.float32)).result(PATIENCE_S)  # a quick run: inline from now on
+        b.submit(np.ones((1, 2), np.float32)).result(PATIENCE_S)  # a quick run: lone runs from now on
 
         def held(x):
             started.set()
@@ -146,11 +174,12 @@ def test_requests_that_come_while_an_inline_run_holds_the_model_leave_together_n
             return x
 
         b._run = held  # fault injection: hold the model while the caller's thread runs it
-        caller = threading.Thread(target=lambda: b.submit(np.ones((1, 2), np.float32), inline=True))
+        caller = threading.Thread(target=lambda: b.run_alone(np.ones((1, 2), np.float32)))
         caller.start()
         assert started.wait(PATIENCE_S)
         b._run = lambda x: x
-        waiting = [b.submit(np.ones((1, 2), np.float32), inline=True) for _ in range(3)]
+        assert b.run_alone(np.ones((1, 2), np.float32)) is None  # the model is busy: submit it
+        waiting = [b.submit(np.ones((1, 2), np.float32)) for _ in range(3)]
         assert not any(f.done() for f in waiting)  # none ran beside the held run
         assert b.depth() == 3
         gate.set()

@@ -216,3 +216,47 @@ def test_a_lone_request_skips_the_batchers_thread_and_a_burst_is_still_batched(b
                 requester.close()
     finally:
         svc.close()
+
+
+def test_a_model_failure_on_a_lone_run_is_answered_counted_and_the_worker_goes_on(broker, model_dir):
+    settings = MqttSettings.from_address(broker.address)
+    svc = InferenceService.from_model_dir(model_dir)
+    run, failing, ran_on = svc.batcher._run, threading.Event(), []
+
+    def engine(x):
+        # A fake to inject a fault a real engine cannot produce on demand: it fails while `failing` is set.
+        ran_on.append(threading.current_thread().name)
+        if failing.is_set():
+            raise RuntimeError("injected: the engine failed")
+        return run(x)
+
+    svc.batcher._run = engine
+    try:
+        with InferenceWorker({svc.name: svc}, settings) as worker:
+            requester = RawRequester(settings)
+            try:
+                payload = wire.encode(wire.request(svc.name, np.zeros((1, 8, 8), np.float32)))
+                for _ in range(3):  # the first on the batcher's thread, then lone runs on the network thread
+                    assert requester.ask(topics.infer(svc.name), payload).kind == "reply"
+                assert ran_on[-1] == f"fedge-worker-{worker.worker_id}"
+                failing.set()
+                failed = requester.ask(topics.infer(svc.name), payload)
+                assert ran_on[-1] == f"fedge-worker-{worker.worker_id}"  # the failure was a lone run's
+                assert (failed.kind, failed.error_code) == ("error", "internal")
+                assert failed.error_message == "the model failed on this batch"
+                failing.clear()
+                answered = requester.ask(topics.infer(svc.name), payload)
+                assert answered.kind == "reply"
+                np.testing.assert_allclose(
+                    answered.tensor, run(svc.model.inputs.prepare(np.zeros((1, 8, 8), np.float32))[0])[0], rtol=1e-6
+                )
+                assert (
+                    worker.metrics.value("fedge_requests_total", model=svc.name, outcome="internal", transport="mqtt")
+                    == 1
+                )
+                assert worker.metrics.value("fedge_requests_total", model=svc.name, outcome="ok", transport="mqtt") == 4
+                assert worker.answered == 4
+            finally:
+                requester.close()
+    finally:
+        svc.close()
