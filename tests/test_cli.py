@@ -79,7 +79,6 @@ def test_bad_config_key_names_the_key(model_dir, tmp_path):
     assert "edge.threads: unknown key" in result.stderr
 
 
-@needs("torch", "sklearn")
 def test_predict_raw_pixels_with_preprocess_and_without(model_dir, digits_split, tmp_path):
     path = tmp_path / "samples.npy"
     np.save(path, np.rint(digits_split.x_test[:3].astype(np.float64) * 16))  # raw 0..16, as load_digits gives them
@@ -111,6 +110,7 @@ def test_edge_run_with_a_bad_range_policy_exits_naming_the_key(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@needs("torch", "sklearn")
 def test_train_then_export(tmp_path):
     ckpt = tmp_path / "digits.pt"
     assert fedge("train", "--out", str(ckpt), "--epochs", "6").returncode == 0
