@@ -95,7 +95,7 @@ def run(
     cloud_model_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Calibrate against a served cloud worker, then measure edge, cloud and cascade on the test split."""
-    from federation.export.thresholds import ask_served_cloud, calibrate_thresholds
+    from federation.export.thresholds import calibrate_against_served
     from federation.task import load_split
 
     started = time.perf_counter()
@@ -120,15 +120,8 @@ def run(
         wait_until(lambda: cloud_rt.predict(split.x_test[:1]), "the worker process")
 
         step(f"calibrating {DEVICE_ARTIFACT} against the served cloud on {len(split.y_val)} validation rows")
-        answers = ask_served_cloud(settings, name, split.x_val)
-        (chosen,) = calibrate_thresholds(
-            device_dir,
-            split.x_val,
-            split.y_val,
-            answers,
-            target_accuracy=target_accuracy,
-            artifacts=[DEVICE_ARTIFACT],
-            plot=False,
+        chosen, answers = calibrate_against_served(
+            device_dir, split, settings, name, artifact=DEVICE_ARTIFACT, target_accuracy=target_accuracy
         )
         calibration = chosen.calibration
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from federation.export.pipeline import run_artifact
+from federation.task import Split
 from sdk.confidence import confidences
 from sdk.edge.calibration import Calibration, calibrate
 from sdk.manifest import Manifest, ModelRef, load_manifest
@@ -31,6 +32,7 @@ __all__ = [
     "ArtifactThreshold",
     "CloudAnswers",
     "ask_served_cloud",
+    "calibrate_against_served",
     "calibrate_thresholds",
     "plot_curve",
     "run_cloud_model_dir",
@@ -85,6 +87,34 @@ def ask_served_cloud(
     return CloudAnswers(
         np.concatenate(labels), ModelRef(model_name, int(version or 0)), f"mqtt://{settings.host}:{settings.port}"
     )
+
+
+def calibrate_against_served(
+    model_dir: str | os.PathLike[str],
+    split: Split,
+    settings: MqttSettings,
+    model_name: str,
+    *,
+    artifact: str,
+    target_accuracy: float,
+    device_id: str | None = None,
+) -> tuple[ArtifactThreshold, CloudAnswers]:
+    """Calibrate one artifact on the validation rows against the cloud served behind ``settings``; write it if reached.
+
+    Raises:
+        CloudError: the broker or the workers did not answer.
+    """
+    answers = ask_served_cloud(settings, model_name, split.x_val, device_id=device_id)
+    (chosen,) = calibrate_thresholds(
+        model_dir,
+        split.x_val,
+        split.y_val,
+        answers,
+        target_accuracy=target_accuracy,
+        artifacts=[artifact],
+        plot=False,
+    )
+    return chosen, answers
 
 
 def run_cloud_model_dir(model_dir: str | os.PathLike[str], x: np.ndarray) -> CloudAnswers:

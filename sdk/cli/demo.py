@@ -328,7 +328,7 @@ def cloud_stage(
 
     import httpx
 
-    from federation.export.thresholds import ask_served_cloud, calibrate_thresholds
+    from federation.export.thresholds import ask_served_cloud, calibrate_against_served
     from sdk.broker.acl import WORKER_ACCOUNT
     from sdk.broker.layout import PASSWORD_ENV
     from sdk.cloud.app import create_app
@@ -380,15 +380,14 @@ def cloud_stage(
         shutil.rmtree(device_dir, ignore_errors=True)
         shutil.copytree(model_dir, device_dir)
         asker = layout.settings(CALIBRATOR, broker.address)
-        answers = ask_served_cloud(asker, name, split.x_val, device_id=CALIBRATOR)
-        (chosen,) = calibrate_thresholds(
+        chosen, answers = calibrate_against_served(
             device_dir,
-            split.x_val,
-            split.y_val,
-            answers,
+            split,
+            asker,
+            name,
+            artifact=DEVICE_ARTIFACT,
             target_accuracy=target_accuracy,
-            artifacts=[DEVICE_ARTIFACT],
-            plot=False,
+            device_id=CALIBRATOR,
         )
         calibration = chosen.calibration
 
