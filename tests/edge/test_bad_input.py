@@ -70,3 +70,11 @@ def test_non_contiguous_input_is_accepted(runtime, digits_split):
     x = np.asfortranarray(digits_split.x_test[:4])
     assert not x.flags.c_contiguous
     assert list(runtime.predict(x).labels) == list(runtime.predict(np.ascontiguousarray(x)).labels)
+
+
+def test_finite_values_whose_sum_overflows_are_finite(runtime):
+    # 64 values of 1.4e38 sum past float32's limit; each is finite, and checking must not warn (warnings are errors).
+    x = np.full((1, 1, 8, 8), 1.4e38, np.float32)
+    batch, single = runtime.model.inputs.prepare(x)
+    assert batch.shape == (1, 1, 8, 8)
+    assert not single
