@@ -85,24 +85,30 @@ class InferenceService:
         The future raises DeadlineExceeded when the deadline passes while queued.
         """
         batch, single = self.model.inputs.prepare(x)
-        if trace is None:
-            trace = tracing.current_span()
-        return self.batcher.submit(batch, deadline_s=deadline_s, priority=priority, trace=trace), single
+        return self._queue(batch, deadline_s, priority, trace), single
 
-    def run_alone(
-        self, x: object, *, deadline_s: float | None = None, trace: object | None = None
-    ) -> tuple[np.ndarray, bool] | None:
-        """Answer one sample or a batch on this thread when the model is quick and idle (:meth:`Batcher.run_alone`).
+    def serve(
+        self, x: object, *, deadline_s: float | None = None, priority: int = 0, trace: object | None = None
+    ) -> tuple[np.ndarray | Future[np.ndarray], bool]:
+        """:meth:`submit`, but answered on this thread when the model is quick and idle (:meth:`Batcher.run_alone`).
 
-        Returns the outputs and whether it was one sample; None: :meth:`submit` it instead.
+        Returns the outputs themselves when run here, else their future; and whether it was one sample.
 
         Raises:
             InvalidInput: a wrong shape, dtype or a non-finite value.
-            Exception: whatever the model raised.
+            Overloaded: the queue is full.
+            Exception: whatever the model raised, when run here.
         """
         batch, single = self.model.inputs.prepare(x)
         out = self.batcher.run_alone(batch, deadline_s=deadline_s, trace=trace)
-        return None if out is None else (out, single)
+        return (self._queue(batch, deadline_s, priority, trace) if out is None else out), single
+
+    def _queue(
+        self, batch: np.ndarray, deadline_s: float | None, priority: int, trace: object | None
+    ) -> Future[np.ndarray]:
+        if trace is None:
+            trace = tracing.current_span()
+        return self.batcher.submit(batch, deadline_s=deadline_s, priority=priority, trace=trace)
 
     def close(self) -> None:
         """Stop batching and release the model."""

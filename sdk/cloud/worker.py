@@ -40,7 +40,7 @@ What the broker does with the unacknowledged requests of a worker that is SIGKIL
 
 A request that finds the model idle and nothing behind it on the connection (no bytes waiting to
 be read) is answered on the network thread itself when the model is quick
-(:meth:`~sdk.cloud.inference.InferenceService.run_alone`): no hand-off to the batcher's thread and
+(:meth:`~sdk.cloud.inference.InferenceService.serve`): no hand-off to the batcher's thread and
 back, nor a future, which cost more than such a model's run. Its errors are answered as a batch's
 are. Requests that do wait behind it go to the batcher and leave together, so bursts are batched
 as before.
@@ -298,19 +298,17 @@ class InferenceWorker:
                 target, "unknown_model", f"this worker serves {sorted(self.services)}, not {target.model!r}"
             )
         deadline_s = None if req.deadline_ms is None else req.deadline_ms / 1000.0
+        submit = service.submit if self._backlog() else service.serve
         try:
-            alone = None if self._backlog() else service.run_alone(req.tensor, deadline_s=deadline_s, trace=target.span)
-        except (InvalidInput, WireFormatError) as exc:
+            answer, single = submit(req.tensor, deadline_s=deadline_s, priority=req.priority, trace=target.span)
+        except (InvalidInput, WireFormatError, Overloaded) as exc:
             return self._fail(target, error_code_for(exc), str(exc))
         except Exception as exc:  # the model failed on this request, run alone: answered as a failed batch is
             return self._refuse(target, exc)
-        if alone is not None:
-            return self._reply(target, req, *alone, service)
-        try:
-            future, single = service.submit(req.tensor, deadline_s=deadline_s, priority=req.priority, trace=target.span)
-        except (InvalidInput, WireFormatError, Overloaded) as exc:
-            return self._fail(target, error_code_for(exc), str(exc))
-        future.add_done_callback(lambda f: self._finish(f, req, single, service, target))
+        if isinstance(answer, Future):
+            answer.add_done_callback(lambda f: self._finish(f, req, single, service, target))
+        else:
+            self._reply(target, req, answer, single, service)
 
     def _backlog(self) -> bool:
         """Whether more bytes wait on the connection: requests behind this one, which a batch should hold together."""

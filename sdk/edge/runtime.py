@@ -246,11 +246,12 @@ class EdgeRuntime:
         outside = span.outside(batch, config.range_margin)
         if outside is None:
             return batch, None
-        self.out_of_range_rows += int(outside.sum())  # approximate under threads, as local_calls
+        rows = int(outside.sum())
+        self.out_of_range_rows += rows  # approximate under threads, as local_calls
         if config.range_policy == "reject":
             hint = "" if config.preprocess else "; raw inputs? scale them, or set edge.preprocess = true"
             raise InputOutOfRange(
-                f"{int(outside.sum())} of {len(batch)} rows hold values far outside the training range "
+                f"{rows} of {len(batch)} rows hold values far outside the training range "
                 f"[{span.min:g}, {span.max:g}] (seen {float(batch.min()):g}..{float(batch.max()):g}){hint}"
             )
         return batch, outside
