@@ -38,6 +38,7 @@ __all__ = [
     "MqttSettings",
     "ReconnectJitter",
     "connect",
+    "connect_properties",
     "loop_alive",
     "make_client",
     "parse_address",
@@ -200,17 +201,12 @@ def connect(
             user_on_connect(c, userdata, flags, reason, props)
 
     client.on_connect = on_connect
-    props = Properties(PacketTypes.CONNECT)
-    if session_expiry_s > 0:
-        props.SessionExpiryInterval = session_expiry_s
-    if receive_maximum is not None:
-        props.ReceiveMaximum = max(1, min(65535, receive_maximum))
     client.connect_async(
         settings.host,
         settings.port,
         keepalive=settings.keepalive_s,
         clean_start=session_expiry_s <= 0,
-        properties=props,
+        properties=connect_properties(session_expiry_s=session_expiry_s, receive_maximum=receive_maximum),
     )
     if not start_loop:
         return
@@ -219,6 +215,16 @@ def connect(
         client.loop_stop()
         why = refused[0] if refused else "no answer"
         raise CloudUnavailable(f"MQTT broker {settings.host}:{settings.port}: {why}")
+
+
+def connect_properties(*, session_expiry_s: int = 0, receive_maximum: int | None = None) -> Properties:
+    """CONNECT properties: a session the broker keeps ``session_expiry_s`` (0: none), and the Receive Maximum."""
+    props = Properties(PacketTypes.CONNECT)
+    if session_expiry_s > 0:
+        props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum is not None:
+        props.ReceiveMaximum = max(1, min(65535, receive_maximum))
+    return props
 
 
 def loop_alive(client: mqtt.Client) -> bool:

@@ -7,6 +7,10 @@ connection is registered with one ``selectors.DefaultSelector`` through paho's e
 callbacks (``on_socket_open``, ``on_socket_close``, ``on_socket_register_write``,
 ``on_socket_unregister_write``), and one thread calls ``loop_read``, ``loop_write`` and
 ``loop_misc`` for all of them: one descriptor per client, none of them passed to ``select()``.
+
+What a callback on the loop's thread publishes (a reply from ``on_message``, an acknowledgement)
+is written before the loop waits again, not one wait later as paho's own loops do: a request
+answered from ``on_message`` goes back without a second pass through the selector.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from sdk.backoff import Backoff
-from sdk.mqtt import MqttSettings
+from sdk.mqtt import MqttSettings, connect_properties
 
 __all__ = ["MISC_INTERVAL_S", "SelectorLoop", "raise_fd_limit"]
 
@@ -50,12 +54,14 @@ def raise_fd_limit() -> int:
 
 
 class _Member:
-    """What the loop keeps per client: where it connects and how often it failed to in a row."""
+    """What the loop keeps per client: where and how it connects, and how often it failed to in a row."""
 
-    __slots__ = ("backoff", "failures", "settings", "tried")
+    __slots__ = ("backoff", "failures", "properties", "session_expiry_s", "settings", "tried")
 
-    def __init__(self, settings: MqttSettings) -> None:
+    def __init__(self, settings: MqttSettings, session_expiry_s: int, receive_maximum: int | None) -> None:
         self.settings = settings
+        self.session_expiry_s = session_expiry_s
+        self.properties = connect_properties(session_expiry_s=session_expiry_s, receive_maximum=receive_maximum)
         self.backoff = Backoff(base_s=settings.reconnect_min_s, max_s=settings.reconnect_max_s, interval_s=1.0)
         self.failures = 0
         self.tried = False
@@ -67,10 +73,10 @@ class SelectorLoop:
     Clients connect (clean start) and reconnect with jittered backoff by themselves; their callbacks
     run on the loop's thread, so one that publishes from ``on_message`` needs no lock. Work for the
     loop's thread comes in through :meth:`call_soon` and :meth:`call_later`, from any thread. A callback
-    that raises is logged and counted in ``errors``; the loop goes on.
+    that raises is logged and counted in ``errors`` (and reported to ``on_error``); the loop goes on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, name: str = "fedge-mqtt-loop", on_error: Callable[[], object] | None = None) -> None:
         self._selector = selectors.DefaultSelector()
         self._members: dict[mqtt.Client, _Member] = {}
         self._calls: collections.deque[Callable[[], object]] = collections.deque()
@@ -81,8 +87,11 @@ class SelectorLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._unsent: set[mqtt.Client] = set()  # clients that queued packets on this thread since the last flush
         self._thread: threading.Thread | None = None
         self._running = False
+        self._name = name
+        self._on_error = on_error
         self.errors = 0
 
     @property
@@ -90,16 +99,32 @@ class SelectorLoop:
         """How many clients the loop runs."""
         return len(self._members)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the loop's thread runs."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def start(self) -> SelectorLoop:
         """Start the loop's thread."""
         if self._thread is None:
             self._running = True
-            self._thread = threading.Thread(target=self._run, name="fedge-mqtt-loop", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
         return self
 
-    def add(self, client: mqtt.Client, settings: MqttSettings) -> None:
-        """Run ``client`` (made by :func:`sdk.mqtt.make_client`, not connected) on this loop and connect it."""
+    def add(
+        self,
+        client: mqtt.Client,
+        settings: MqttSettings,
+        *,
+        session_expiry_s: int = 0,
+        receive_maximum: int | None = None,
+    ) -> None:
+        """Run ``client`` (made by :func:`sdk.mqtt.make_client`, not connected) on this loop and connect it.
+
+        ``session_expiry_s`` and ``receive_maximum`` are as in :func:`sdk.mqtt.connect`.
+        """
         chained_open = client.on_socket_open
 
         def on_open(c: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -111,7 +136,7 @@ class SelectorLoop:
         client.on_socket_close = lambda c, userdata, sock: self._on_loop(lambda: self._forget(c, sock))
         client.on_socket_register_write = lambda c, userdata, sock: self._on_loop(lambda: self._want(c, sock, True))
         client.on_socket_unregister_write = lambda c, userdata, sock: self._on_loop(lambda: self._want(c, sock, False))
-        self.call_soon(lambda: self._join(client, settings))
+        self.call_soon(lambda: self._join(client, _Member(settings, session_expiry_s, receive_maximum)))
 
     def remove(self, client: mqtt.Client) -> None:
         """Disconnect ``client`` and stop running it (it does not reconnect)."""
@@ -166,8 +191,8 @@ class SelectorLoop:
         else:  # paho calls register_write from whichever thread publishes
             self.call_soon(fn)
 
-    def _join(self, client: mqtt.Client, settings: MqttSettings) -> None:
-        self._members[client] = _Member(settings)
+    def _join(self, client: mqtt.Client, member: _Member) -> None:
+        self._members[client] = member
         self._connect(client)
 
     def _connect(self, client: mqtt.Client) -> None:
@@ -179,8 +204,14 @@ class SelectorLoop:
             if member.tried:
                 client.reconnect()
             else:
-                member.tried = True  # connect() keeps host, port and keepalive for later reconnects
-                client.connect(settings.host, settings.port, keepalive=settings.keepalive_s, clean_start=True)
+                member.tried = True  # connect() keeps host, port, keepalive and properties for later reconnects
+                client.connect(
+                    settings.host,
+                    settings.port,
+                    keepalive=settings.keepalive_s,
+                    clean_start=member.session_expiry_s <= 0,
+                    properties=member.properties,
+                )
         except OSError as exc:
             log.debug("connect to %s:%s failed: %s", settings.host, settings.port, exc)
             self._retry(client, member)
@@ -202,9 +233,26 @@ class SelectorLoop:
             self._retry(client, member)
 
     def _want(self, client: mqtt.Client, sock: Any, write: bool) -> None:
+        if write:  # written by the next flush, this turn; the selector watches for room only if it does not all fit
+            self._unsent.add(client)
+        else:
+            self._watch(client, sock, write=False)
+
+    def _watch(self, client: mqtt.Client, sock: Any, *, write: bool) -> None:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
         with contextlib.suppress(KeyError, ValueError):  # closed meanwhile
-            self._selector.modify(sock, events, client)
+            if self._selector.get_key(sock).events != events:
+                self._selector.modify(sock, events, client)
+
+    def _flush(self) -> None:
+        """Write what was queued for the loop's thread now, outside paho's callbacks, rather than a wait later."""
+        unsent, self._unsent = self._unsent, set()
+        for client in unsent:
+            sock = client.socket()
+            if sock is not None and client.want_write():
+                self._guarded(client.loop_write)
+                if client.want_write() and client.socket() is sock:  # the socket took part of it: wait for room
+                    self._watch(client, sock, write=True)
 
     def _run(self) -> None:
         next_misc = time.monotonic() + MISC_INTERVAL_S
@@ -226,6 +274,7 @@ class SelectorLoop:
                 if events & selectors.EVENT_WRITE and client.socket() is not None:
                     self._guarded(client.loop_write)
             self._run_calls()
+            self._flush()
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 self._guarded(heapq.heappop(self._timers)[2])
@@ -236,6 +285,7 @@ class SelectorLoop:
                         self._guarded(client.loop_misc)
                     if client.is_connected():  # the broker accepted it: the next loss starts the backoff afresh
                         member.failures = 0
+            self._flush()  # what timers and loop_misc queued: a CONNECT, a PINGREQ
 
     def _run_calls(self) -> None:
         with self._lock:
@@ -249,6 +299,8 @@ class SelectorLoop:
         except Exception:  # a bug boundary: one bad callback must not stop every client on the loop
             self.errors += 1
             log.exception("a callback on the MQTT selector loop raised")
+            if self._on_error is not None:
+                self._on_error()
 
     def __enter__(self) -> SelectorLoop:
         return self.start()

@@ -47,6 +47,7 @@ class RawRequester:
 
     def __init__(self, settings: MqttSettings) -> None:
         self.replies: dict[bytes, wire.Message] = {}
+        self.qos: dict[bytes, int] = {}  # the QoS each reply arrived at (this client subscribes at QoS 1)
         self.got = threading.Condition()
         self.reply_topic = f"fedge/v1/devices/raw-{uuid.uuid4().hex[:6]}/replies"
         self.client = subscribed_client(settings, self.reply_topic, self._on_message)
@@ -54,6 +55,7 @@ class RawRequester:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self.got:
             self.replies[msg.properties.CorrelationData] = wire.decode(msg.payload)
+            self.qos[msg.properties.CorrelationData] = msg.qos
             self.got.notify_all()
 
     def send(self, topic: str, payload: bytes, key: bytes | None = None, *, response_topic: str | None = None) -> bytes:

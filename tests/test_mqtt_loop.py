@@ -105,3 +105,59 @@ def test_a_callback_that_raises_is_counted_and_the_other_clients_go_on(broker):
         publish_to_each(loop, settings, fleet.topics, b"poison")
         poll(lambda: all(b"poison" in fleet.received.get(i, []) for i in (1, 2)), "the other clients' messages")
         poll(lambda: loop.errors >= 1, "the raising callback counted")
+
+
+def test_what_a_callback_publishes_is_written_before_the_loop_waits_again(broker):
+    # Observed, not faked: the selector's waits and the client's writes are recorded by wrapping the real calls.
+    events: list[str] = []
+    with SelectorLoop() as loop:
+        settings = MqttSettings.from_address(broker.address)
+        echo = make_client(settings, "echo-same-turn")
+        echo.on_connect = lambda c, *a: c.subscribe("test/same-turn/in", qos=1)
+        subscribed = threading.Event()
+        echo.on_subscribe = lambda *a: subscribed.set()
+
+        def bounce(c, userdata, msg):
+            events.append("message")
+            c.publish("test/same-turn/out", msg.payload, qos=0)
+
+        echo.on_message = bounce
+        loop.add(echo, settings)
+        assert subscribed.wait(PATIENCE_S), "the echo did not subscribe"
+        got = threading.Event()
+        listener = make_client(settings, "listener-same-turn")
+        listener.on_connect = lambda c, *a: c.subscribe("test/same-turn/out", qos=0)
+        listener.on_subscribe = lambda *a: got.set()
+        listener.on_message = lambda *a: got.set()
+        loop.add(listener, settings)
+        assert got.wait(PATIENCE_S), "the listener did not subscribe"
+        got.clear()
+
+        def recorded_select(select):
+            def wrapped(timeout=None):
+                events.append("wait")
+                return select(timeout)
+
+            return wrapped
+
+        def recorded_write(write):
+            def wrapped():
+                events.append("write")
+                return write()
+
+            return wrapped
+
+        def instrument():
+            loop._selector.select = recorded_select(loop._selector.select)
+            echo.loop_write = recorded_write(echo.loop_write)
+
+        loop.call_soon(instrument)
+        sender = make_client(settings, "sender-same-turn")
+        loop.add(sender, settings)
+        poll(sender.is_connected, "the sender connected")
+        loop.call_soon(lambda: sender.publish("test/same-turn/in", b"ping", qos=1))
+        assert got.wait(PATIENCE_S), "the echo's answer did not arrive"
+        at = events.index("message")
+        assert "write" in events[at:], events
+        assert events.index("write", at) < events.index("wait", at), events  # written in the turn that read it
+        assert loop.errors == 0

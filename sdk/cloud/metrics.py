@@ -100,8 +100,8 @@ class WorkerMetrics(ServiceMetrics):
             ("state",),
             registry=self.registry,
         )
-        self.loop_restarts = Counter(
-            "fedge_worker_loop_restarts_total",
-            "Times the MQTT network loop died and was restarted.",
+        self.loop_errors = Counter(
+            "fedge_worker_loop_errors_total",
+            "Exceptions that escaped a callback of the MQTT network loop, which went on.",
             registry=self.registry,
         )

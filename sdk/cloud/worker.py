@@ -8,17 +8,20 @@ the broker hands each request to one of them. A request carries its ResponseTopi
 Nothing a sender puts in a request stops the worker: every callback has one boundary
 that turns the unexpected into an ``internal`` error reply, or, with nowhere valid to
 answer, a logged drop counted in ``fedge_worker_dropped_total{reason}``. The network
-loop runs under a supervisor that restarts it if an exception escapes paho anyway
-(``fedge_worker_loop_restarts_total``), and :meth:`InferenceWorker.watch` raises when
-the worker has not served for a while, so ``fedge cloud worker`` exits non-zero and
-its supervisor (systemd) starts a fresh one.
+loop (a :class:`~sdk.mqtt_loop.SelectorLoop` of one client) goes on past an exception that
+escapes paho anyway, counting it in ``fedge_worker_loop_errors_total``, and
+:meth:`InferenceWorker.watch` raises when the worker has not served for a while, so
+``fedge cloud worker`` exits non-zero and its supervisor (systemd) starts a fresh one.
 
 At-least-once answers: a QoS 1 request is acknowledged (paho's manual acknowledgement)
 only after its reply or error reply was handed to the client; both go out on one TCP
 connection in that order, so a broker never holds the acknowledgement without the
-reply. Request ids are de-duplicated per worker (:class:`~sdk.cloud.recent.RecentRequests`):
-a repeat of a request in flight is dropped, one of a request answered lately gets the
-same reply again; a device retries once with the same id.
+reply. Replies go at QoS 0, and a device subscribes to its replies at QoS 0: with clean
+sessions a broker redelivers nothing after a lost connection anyway, so a QoS 1 reply
+would only cost two acknowledgements per call; what a lost connection loses, the
+device's retry recovers. Request ids are de-duplicated per worker
+(:class:`~sdk.cloud.recent.RecentRequests`): a repeat of a request in flight is dropped,
+one of a request answered lately gets the same reply again; a device retries once with the same id.
 
 What the broker does with the unacknowledged requests of a worker that is SIGKILLed
 (measured with Mosquitto 2.0.11, ``tests/cloud/test_worker_delivery.py``):
@@ -43,7 +46,8 @@ be read) is answered on the network thread itself when the model is quick
 (:meth:`~sdk.cloud.inference.InferenceService.serve`): no hand-off to the batcher's thread and
 back, nor a future, which cost more than such a model's run. Its errors are answered as a batch's
 are. Requests that do wait behind it go to the batcher and leave together, so bursts are batched
-as before.
+as before. The selector loop writes such an answer as soon as ``on_message`` returns; paho's own
+loop would first wait in ``select()`` once more.
 
 Holding acknowledgements has a cost on Mosquitto: ``max_inflight_messages`` (default 20
 per client) caps the requests one worker holds at once, and so its batch size; raise it
@@ -71,7 +75,8 @@ from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import WorkerMetrics
 from sdk.cloud.recent import RecentRequests
 from sdk.errors import CloudUnavailable, InvalidInput, Overloaded, WireFormatError
-from sdk.mqtt import MqttSettings, connect, make_client, publish_properties
+from sdk.mqtt import MqttSettings, make_client, publish_properties
+from sdk.mqtt_loop import SelectorLoop
 from sdk.outcomes import error_code_for
 
 __all__ = ["MAX_CORRELATION_BYTES", "MAX_RECEIVE", "InferenceWorker"]
@@ -134,10 +139,9 @@ class InferenceWorker:
         self._recent = recent or RecentRequests()
         self._client = make_client(settings, self.worker_id, manual_ack=True)
         self._subscribed = threading.Event()
-        self._stopping = threading.Event()
         self._generation = 0  # connections so far: an acknowledgement only goes out on the one its request came by
         self._down_since: float | None = time.monotonic()
-        self._loop: threading.Thread | None = None
+        self._network: SelectorLoop | None = None
         self._poller, self._polled = select.poll(), None  # watches the connection for requests behind the current one
         self._client.on_connect = self._guarded(self._on_connect)
         self._client.on_subscribe = self._guarded(self._on_subscribe)
@@ -147,7 +151,8 @@ class InferenceWorker:
     @property
     def serving(self) -> bool:
         """Whether the worker is connected and subscribed, and its network loop runs."""
-        return self._subscribed.is_set() and self._loop is not None and self._loop.is_alive()
+        network = self._network
+        return self._subscribed.is_set() and network is not None and network.alive
 
     def down_for(self) -> float:
         """Seconds since the worker last served (0 while it serves)."""
@@ -162,18 +167,13 @@ class InferenceWorker:
         Raises:
             CloudUnavailable: with ``wait``, the broker did not accept the subscription in time.
         """
-        self._stopping.clear()
+        self._network = SelectorLoop(name=f"fedge-worker-{self.worker_id}", on_error=self.metrics.loop_errors.inc)
+        self._network.start()
         # Requests stay unacknowledged until answered, and the broker's in-flight window (Mosquitto's default:
         # 20) would cap the batch and keep the rest waiting at the broker, where no one sheds them: take all.
-        connect(
-            self._client,
-            self.settings,
-            session_expiry_s=self.session_expiry_s,
-            receive_maximum=MAX_RECEIVE,
-            start_loop=False,
+        self._network.add(
+            self._client, self.settings, session_expiry_s=self.session_expiry_s, receive_maximum=MAX_RECEIVE
         )
-        self._loop = threading.Thread(target=self._run_loop, name=f"fedge-worker-{self.worker_id}", daemon=True)
-        self._loop.start()
         if wait and not self._subscribed.wait(self.settings.connect_timeout_s):
             self.stop()
             raise CloudUnavailable(f"{self.worker_id}: no subscription on {self.settings.host}:{self.settings.port}")
@@ -181,10 +181,10 @@ class InferenceWorker:
 
     def stop(self) -> None:
         """Disconnect; the services stay open (their owner closes them)."""
-        self._stopping.set()
-        self._client.disconnect()
-        if self._loop is not None:
-            self._loop.join(self.settings.reconnect_max_s + self.settings.connect_timeout_s)
+        network, self._network = self._network, None
+        if network is not None:
+            network.close(self.settings.connect_timeout_s)
+        self._on_disconnect()
 
     def watch(self, stop: threading.Event, unavailable_s: float) -> None:
         """Block until ``stop`` is set.
@@ -196,17 +196,6 @@ class InferenceWorker:
             down = self.down_for()
             if down > unavailable_s:
                 raise CloudUnavailable(f"{self.worker_id} has not served for {down:.0f} s")
-
-    def _run_loop(self) -> None:
-        # paho re-raises what escapes a callback and its thread ends; ours goes on where it stopped.
-        while not self._stopping.is_set():
-            try:
-                self._client.loop_forever(retry_first_connection=True)
-                return
-            except Exception:
-                self.metrics.loop_restarts.inc()
-                log.exception("%s: the MQTT network loop died; restarting it", self.worker_id)
-                time.sleep(self.settings.reconnect_min_s)
 
     def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
         def guarded(*args: Any) -> None:
@@ -377,7 +366,7 @@ class InferenceWorker:
 
     def _publish(self, target: _Target, payload: bytes) -> None:
         props = publish_properties(correlation=target.correlation)
-        self._client.publish(target.topic, payload, qos=1, properties=props)
+        self._client.publish(target.topic, payload, qos=0, properties=props)
 
     def __enter__(self) -> InferenceWorker:
         return self.start()

@@ -7,6 +7,8 @@ at once, and an open circuit fails new calls before they are sent.
 
 At least once: a call with no answer by ``resend_at`` of its deadline is sent once more with
 the same request id (workers de-duplicate it), and the first answer wins; a late one is dropped.
+Replies are subscribed at QoS 0: the session is clean, so a broker would not redeliver a QoS 1
+reply lost with the connection either, and the retry is what recovers it.
 The network thread only hands each reply's bytes to the call waiting for it, which decodes them:
 the caller wakes while the network thread finishes with the message, and a burst of replies to
 many callers is not decoded one after another on one thread. Nothing a stranger publishes to the
@@ -216,7 +218,7 @@ class CloudClient:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         try:
             if not reason.is_failure:
-                client.subscribe(self.reply_topic, qos=1)
+                client.subscribe(self.reply_topic, qos=0)
         except Exception:  # the boundary: paho's network thread dies on an exception from a callback
             self._callback_failed("on_connect")
 

@@ -260,3 +260,23 @@ def test_a_model_failure_on_a_lone_run_is_answered_counted_and_the_worker_goes_o
                 requester.close()
     finally:
         svc.close()
+
+
+def test_replies_travel_at_qos_0_even_to_a_subscriber_that_asks_for_qos_1(broker, model_dir):
+    # Sessions are clean, so a QoS 1 reply would buy nothing a retry does not, and cost two acknowledgements.
+    settings = MqttSettings.from_address(broker.address)
+    svc = InferenceService.from_model_dir(model_dir)
+    try:
+        with InferenceWorker({svc.name: svc}, settings):
+            requester = RawRequester(settings)
+            try:
+                good = wire.encode(wire.request(svc.name, np.zeros((1, 8, 8), np.float32)))
+                answered = requester.send(topics.infer(svc.name), good)
+                refused = requester.send(topics.infer(svc.name), b"not a fedge payload")
+                assert requester.wait(answered).kind == "reply"
+                assert requester.wait(refused).kind == "error"
+                assert requester.qos == {answered: 0, refused: 0}
+            finally:
+                requester.close()
+    finally:
+        svc.close()
