@@ -46,23 +46,27 @@ BATCH = 64
 
 
 def build_tiers(folder: Path, split: Any, *, quick: bool, step: Progress) -> tuple[Path, Path]:
-    """Train and export the device tier (small CNN, pruned 50 %, int8) and the cloud tier (larger CNN, fp32)."""
+    """Train and export the cloud tier (larger CNN, fp32), then the device tier (small CNN, pruned 50 %, int8).
+
+    The device tier is distilled from the cloud tier it falls back to: its confident mistakes then fall more often
+    on rows the cloud gets wrong too, where keeping the device's answer costs the cascade nothing.
+    """
     from federation.export import ExportConfig, export_model
     from federation.export.cloud_tier import export_cloud_tier, train_cloud_tier
     from federation.task import DEVICE_WIDTH, DigitsCNN, set_seed, train
 
     epochs = (6, 5) if quick else (12, 10)
-    set_seed(0)
-    device = DigitsCNN(width=DEVICE_WIDTH)
-    step(f"training the device tier ({epochs[0]} epochs)")
-    train(device, split.x_train, split.y_train, epochs=epochs[0], lr=3e-3)
-    step("exporting the device tier: pruned 50 %, int8 ONNX")
-    device_dir = folder / "digits-device"
-    export_model(device.eval(), device_dir, split, ExportConfig(sparsity=0.5, tflite="off"), on_step=step)
     step(f"training the cloud tier ({epochs[1]} epochs)")
     cloud = train_cloud_tier(split, epochs=epochs[1])
     cloud_dir = folder / "digits-cloud"
     export_cloud_tier(cloud, cloud_dir, split, on_step=step)
+    set_seed(0)
+    device = DigitsCNN(width=DEVICE_WIDTH)
+    step(f"training the device tier ({epochs[0]} epochs), distilled from the cloud tier")
+    train(device, split.x_train, split.y_train, epochs=epochs[0], lr=3e-3, teacher=cloud)
+    step("exporting the device tier: pruned 50 %, int8 ONNX")
+    device_dir = folder / "digits-device"
+    export_model(device.eval(), device_dir, split, ExportConfig(sparsity=0.5, tflite="off"), on_step=step)
     return device_dir, cloud_dir
 
 

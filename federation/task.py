@@ -170,11 +170,17 @@ def train(
     batch_size: int = 32,
     seed: int = 0,
     proximal_mu: float = 0.0,
+    teacher: nn.Module | None = None,
+    distill_temperature: float = 4.0,
+    distill_weight: float = 0.5,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> float:
     """Train with Adam; return the last epoch's mean loss.
 
-    ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w0||^2`` towards the starting weights.
+    ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w0||^2`` towards the starting weights. A ``teacher``
+    (in eval mode) distills into the model (Hinton et al., 2015): the loss becomes ``(1 - distill_weight)``
+    times the cross-entropy plus ``distill_weight * T^2`` times the KL divergence from the teacher's
+    ``softmax(logits / T)``, ``T = distill_temperature``.
     """
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -186,7 +192,11 @@ def train(
         total, count = 0.0, 0
         for xb, yb in batches(x, y, batch_size, rng):
             optimizer.zero_grad()
-            loss = loss_fn(model(xb), yb)
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            if teacher is not None:
+                distilled = _distillation(logits, teacher, xb, distill_temperature)
+                loss = (1 - distill_weight) * loss + distill_weight * distilled
             if anchor:
                 loss = loss + proximal_mu / 2 * sum(
                     ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
@@ -199,6 +209,14 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, mean_loss)
     return mean_loss
+
+
+def _distillation(logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2`` times the KL divergence of the model's ``softmax(logits / T)`` from the teacher's on ``x``."""
+    with torch.no_grad():
+        target = torch.softmax(teacher(x) / temperature, dim=1)
+    log_probs = torch.log_softmax(logits / temperature, dim=1)
+    return nn.functional.kl_div(log_probs, target, reduction="batchmean") * temperature**2
 
 
 @torch.no_grad()

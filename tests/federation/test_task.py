@@ -82,3 +82,26 @@ def test_a_device_supplies_its_own_data_through_the_provider_hook(tmp_path, monk
     _, y2, partition = load_node_data(context, FederationSettings())
     assert partition == 2
     assert 0 < len(y2) < 1168
+
+
+def test_a_teacher_pulls_the_student_towards_its_answers():
+    import torch
+
+    from federation.task import DEVICE_WIDTH, DigitsCNN, predict_logits, set_seed, train
+
+    split = load_split(0)
+    x, y = split.x_train[:256], split.y_train[:256]
+    set_seed(0)
+    teacher = DigitsCNN(width=DEVICE_WIDTH).eval()  # untrained: its answers are far from the labels
+
+    def student(**kwargs: object) -> np.ndarray:
+        set_seed(1)
+        model = DigitsCNN(width=DEVICE_WIDTH)
+        train(model, x, y, epochs=3, lr=3e-3, **kwargs)
+        return predict_logits(model, x).argmax(axis=1)
+
+    teacher_labels = predict_logits(teacher, x).argmax(axis=1)
+    taught = student(teacher=teacher, distill_weight=0.9, distill_temperature=1.0)
+    alone = student()
+    assert (taught == teacher_labels).mean() > (alone == teacher_labels).mean()
+    assert torch.is_grad_enabled()
