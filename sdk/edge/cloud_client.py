@@ -9,14 +9,16 @@ At least once: a call with no answer by ``resend_at`` of its deadline is sent on
 the same request id (workers de-duplicate it), and the first answer wins; a late one is dropped.
 Replies are subscribed at QoS 0: the session is clean, so a broker would not redeliver a QoS 1
 reply lost with the connection either, and the retry is what recovers it.
-The network thread only hands each reply's bytes to the call waiting for it, which decodes them:
-the caller wakes while the network thread finishes with the message, and a burst of replies to
-many callers is not decoded one after another on one thread. Nothing a stranger publishes to the
-reply topic ends the network thread: a reply that does not decode fails its call with a typed
-error and is counted, each callback is a boundary that counts what escapes it, and a network
-thread that died anyway is found (``connected`` is False) and restarted by the next call. Being
-offline is not a cloud failure: it fails the call at once without touching the breaker, and a
-reconnect half-opens the breaker, so a broker restart costs the reconnect, not the breaker's wait.
+A call writes its request and reads its own reply on the calling thread
+(:class:`~sdk.mqtt_caller.CallerLoop`): no network thread in between. Calls in flight at once take
+turns reading, and whoever reads hands each reply's bytes to the call waiting for it, which
+decodes them, so a burst of replies to many callers is not decoded one after another on one
+thread. Nothing a stranger publishes to the reply topic stops the client: a reply that does not
+decode fails its call with a typed error and is counted, each callback is a boundary that counts
+what escapes it (``callback_errors``), and an exception out of paho's own packet handling is
+counted too (``loop_errors``) while the connection goes on. Being offline is not a cloud failure:
+it fails the call at once without touching the breaker, and a reconnect half-opens the breaker,
+so a broker restart costs the reconnect, not the breaker's wait.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import Any
 
@@ -44,7 +45,8 @@ from sdk.errors import (
     RemoteError,
     WireFormatError,
 )
-from sdk.mqtt import MqttSettings, connect, loop_alive, make_client, publish_properties, revive
+from sdk.mqtt import MqttSettings, make_client, publish_properties
+from sdk.mqtt_caller import CallerLoop
 
 __all__ = ["CloudClient"]
 
@@ -84,37 +86,37 @@ class CloudClient:
         self.bad_replies = 0
         self.late_replies = 0
         self.callback_errors = 0
-        self.loop_restarts = 0
         self.connections = 0
         self._pending: dict[bytes, Future[bytes]] = {}  # request id -> the reply's payload
         self._lock = threading.Lock()
-        self._revive_lock = threading.Lock()
         self._ready = threading.Event()
-        self._running = False
         self._client = make_client(settings, f"{self.device_id}-infer")
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._network = CallerLoop(self._client, settings, connecting=lambda: not self._ready.is_set())
+
+    @property
+    def loop_errors(self) -> int:
+        """Exceptions out of paho's own packet handling, counted; the connection went on after each."""
+        return self._network.errors
 
     @property
     def connected(self) -> bool:
-        """Whether the network thread runs, the broker connection is up and the reply topic subscribed."""
-        return self._ready.is_set() and loop_alive(self._client)
+        """Whether the connection is looked after, up, and the reply topic subscribed."""
+        return self._ready.is_set() and self._network.alive
 
     def start(self, *, wait: bool = False) -> CloudClient:
         """Connect in the background; with ``wait``, block until ready (raises CloudUnavailable)."""
-        self._running = True
-        connect(self._client, self.settings, wait=False)
+        self._network.start()
         if wait and not self._ready.wait(self.settings.connect_timeout_s):
             raise CloudUnavailable(f"MQTT broker {self.settings.host}:{self.settings.port} did not accept us in time")
         return self
 
     def close(self) -> None:
         """Disconnect and fail the calls still waiting."""
-        self._running = False
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._network.stop()
         self._fail_pending(CloudUnavailable("the cloud client was closed"))
 
     def infer(
@@ -134,7 +136,6 @@ class CloudClient:
         if timeout_s <= 0:
             raise DeadlineExceeded("no time left for a cloud call")
         deadline = time.monotonic() + timeout_s
-        self._keep_loop_alive()
         if not self._ready.is_set():  # offline is not a cloud failure: the reconnect half-opens the breaker
             raise CloudUnavailable("not connected to the broker")
         if not self.breaker.allow():
@@ -165,7 +166,8 @@ class CloudClient:
     def _send(self, request: wire.Message, key: bytes, budget_s: float) -> None:
         props = publish_properties(response_topic=self.reply_topic, correlation=key, expiry_s=max(1, int(budget_s + 1)))
         tracing.inject(props)  # the calling predict's trace context, when tracing is on
-        info = self._client.publish(topics.infer(request.model), wire.encode(request), qos=1, properties=props)
+        topic, payload = topics.infer(request.model), wire.encode(request)
+        info = self._network.run(lambda: self._client.publish(topic, payload, qos=1, properties=props))
         if info.rc == mqtt.MQTT_ERR_NO_CONN:  # the connection went since the call started
             raise _ConnectionLost("lost the broker connection before the request went out")
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -175,17 +177,16 @@ class CloudClient:
         """The first answer by ``deadline``; a request unanswered by ``resend_at`` of it goes out once more."""
         budget_s = deadline - time.monotonic()
         if self.resend_at is not None:
-            with contextlib.suppress(FutureTimeout):
-                return future.result(budget_s * self.resend_at)
+            self._network.wait(future, time.monotonic() + budget_s * self.resend_at)
             left_s = deadline - time.monotonic()
             if left_s > 0 and not future.done():
                 # The same id: workers de-duplicate it, and whichever answer comes first wins.
                 self._send(dataclasses.replace(request, deadline_ms=left_s * 1000.0), key, left_s)
                 self.resent += 1
-        try:
-            return future.result(max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            raise DeadlineExceeded(f"no answer from the cloud within {budget_s * 1000:.0f} ms") from None
+        self._network.wait(future, deadline)
+        if not future.done():
+            raise DeadlineExceeded(f"no answer from the cloud within {budget_s * 1000:.0f} ms")
+        return future.result()
 
     def _read_reply(self, payload: bytes) -> wire.Message:
         """The reply in ``payload``, or the error it carries raised; a payload that is no reply is a bad reply."""
@@ -200,20 +201,6 @@ class CloudClient:
         if message.kind == "error":
             raise _remote_error(message)
         return message
-
-    def _keep_loop_alive(self) -> None:
-        """Find a network thread that died (paho ends it on an exception it does not expect) and restart it."""
-        if not self._running or loop_alive(self._client):
-            return
-        with self._revive_lock:
-            if not self._running or loop_alive(self._client):
-                return  # another call restarted it
-            # Before the restart: the new thread may subscribe (and set ready) at once.
-            self._ready.clear()
-            self._fail_pending(_ConnectionLost("the MQTT network thread died; reconnecting"))
-            revive(self._client, self.settings)
-            self.loop_restarts += 1
-        log.error("the MQTT network thread of %s had died; restarted it and reconnecting", self.device_id)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         try:
