@@ -115,8 +115,7 @@ class CallerLoop:
 
         ``deadline`` is a ``time.monotonic()`` reading; whoever reads settles ``future`` from a callback.
         """
-        woken = threading.Event()  # by the answer, or by the end of the reader's turn
-        future.add_done_callback(lambda _: woken.set())
+        woken: threading.Event | None = None  # made only to wait: a lone call reads and never needs it
         try:
             while not future.done():
                 left = deadline - time.monotonic()
@@ -124,20 +123,26 @@ class CallerLoop:
                     return
                 if self._reader.acquire(blocking=False):
                     try:
-                        self._read_until(future, woken, deadline)
+                        if self._read_until(future, deadline):
+                            continue
                     finally:
                         self._reader.release()
-                else:
-                    with self._lock:
-                        self._waiting.append(woken)
-                    try:
-                        woken.wait(min(left, self.tick_s))
-                    finally:
-                        with self._lock:
-                            self._waiting.remove(woken)
-                    woken.clear()  # if the answer came meanwhile, future.done() says so
+                woken = woken or _woken_by(future)
+                self._wait_turn(woken, min(left, self.tick_s))
         finally:
-            self._pass_turn()
+            if self._waiting:
+                self._pass_turn()
+
+    def _wait_turn(self, woken: threading.Event, timeout_s: float) -> None:
+        with self._lock:
+            self._waiting.append(woken)
+        try:
+            if self._reader.locked():  # checked after joining the queue: a reader that just left passes its turn
+                woken.wait(timeout_s)
+        finally:
+            with self._lock:
+                self._waiting.remove(woken)
+        woken.clear()  # if the answer came meanwhile, future.done() says so
 
     def _pass_turn(self) -> None:
         """Wake the longest-waiting call to read next, if nobody reads now."""
@@ -146,13 +151,15 @@ class CallerLoop:
         if first is not None and not self._reader.locked():
             first.set()
 
-    def _read_until(self, future: Future[Any], woken: threading.Event, deadline: float) -> None:
+    def _read_until(self, future: Future[Any], deadline: float) -> bool:
+        """Read until ``future`` is done or ``deadline`` passes; False at once when there is no connection."""
         while not future.done():
             left = deadline - time.monotonic()
             if left <= 0:
-                return
-            if not self._turn(min(left, self.tick_s)):  # no connection: whoever settles the call says why
-                woken.wait(min(left, self.tick_s))
+                return True
+            if not self._turn(min(left, self.tick_s)):  # whoever settles the call says why
+                return False
+        return True
 
     def _turn(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the socket, then read and write what it allows; False without a connection."""
@@ -221,3 +228,10 @@ class CallerLoop:
         except Exception:  # a bug boundary: a broken packet costs a count, never the connection's driver
             self.errors += 1
             log.exception("an MQTT network call raised; going on")
+
+
+def _woken_by(future: Future[Any]) -> threading.Event:
+    """An event set when ``future`` is done (and by whoever passes a turn to its caller)."""
+    woken = threading.Event()
+    future.add_done_callback(lambda _: woken.set())
+    return woken
