@@ -126,3 +126,19 @@ def test_cascade_benchmark_produces_its_figures(model_dir, cloud_model_dir):
     assert report["calibration_reached"]
     assert report["degraded_rows"] == 0
     assert set(report["meets_targets"]) == {"cascade_gap_pt", "fallback_rate", "ece_after", "cloud_over_edge_pt"}
+
+
+def test_cascade_benchmark_measures_device_tiers_of_several_seeds_against_one_served_cloud():
+    from bench import cascade
+
+    report = cascade.run(Progress(time.time()), quick=True, device_seeds=2)
+
+    first, second = report["seeds"]
+    assert (first["seed"], second["seed"]) == (0, 1)
+    assert {key: first[key] for key in cascade.SEED_KEYS} == {key: report[key] for key in cascade.SEED_KEYS}
+    assert first["meets_all"] == all(report["meets_targets"].values())
+    gaps = [first["cascade_gap_pt"], second["cascade_gap_pt"]]
+    assert report["mean_cascade_gap_pt"] == round(sum(gaps) / 2, 2)
+    assert report["seeds_meeting_all"] == first["meets_all"] + second["meets_all"]
+    for row in (first, second):  # one cloud tier: a device tier's gap and edge-over-cloud figures use the same
+        assert abs(row["cascade_gap_pt"] - 100 * (report["cloud_accuracy"] - row["cascade_accuracy"])) <= 0.02
