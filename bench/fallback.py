@@ -3,8 +3,9 @@
 ``python -m bench.fallback [--quick] [--json]``
 
 Both paths run through the same private Mosquitto (``set_tcp_nodelay true``) with
-QoS 1, TCP_NODELAY on every client, and the same payload bytes (the wire-encoded
-request of one sample). The raw path is a bare paho requester and a bare paho echo
+QoS 1 requests, TCP_NODELAY on every client, and the same payload bytes (the wire-encoded
+request of one sample); the echo answers at QoS 1, as a bare paho program does, a worker
+at QoS 0, as Fedge's replies travel. The raw path is a bare paho requester and a bare paho echo
 process that republishes each payload to its ResponseTopic with its CorrelationData,
 both making their MQTT v5 properties with paho's own ``Properties``, as a bare paho
 program does; ours is the device's CloudClient and a ``fedge cloud worker`` process with
