@@ -72,7 +72,9 @@ class CallerLoop:
         self._poller: Any = None
         self._polled: Any = None
         self._thread: threading.Thread | None = None
-        self._backoff = Backoff(base_s=settings.reconnect_min_s, max_s=settings.reconnect_max_s, interval_s=1.0)
+        self._backoff = Backoff(
+            base_s=settings.reconnect_min_s, max_s=settings.reconnect_max_s, jitter=settings.reconnect_jitter
+        )
 
     @property
     def alive(self) -> bool:
@@ -185,14 +187,19 @@ class CallerLoop:
         return True
 
     def _housekeep(self) -> None:
-        failures = 0
+        attempts, first = 0, True  # attempts since the broker last accepted us
         while not self._stopping.is_set():
             try:
                 if self.client.socket() is None:
-                    failures = 0 if self._connect() else failures + 1
-                    if failures:
-                        self._stopping.wait(self._backoff.delay(failures, random.random()))
+                    if not first:  # a jittered wait before every reconnect: a fleet does not come back in lockstep
+                        attempts += 1
+                        if self._stopping.wait(self._backoff.delay(attempts, random.random())):
+                            return
+                    first = False
+                    self._connect()
                     continue
+                if self.client.is_connected():
+                    attempts = 0
                 self._look_after()
             except Exception:  # the thread's boundary: whatever happened, the connection is looked after again
                 self.errors += 1
@@ -213,14 +220,12 @@ class CallerLoop:
         if not waiting:
             self._stopping.wait(self.tick_s)
 
-    def _connect(self) -> bool:
+    def _connect(self) -> None:
         with self._io:
             try:
                 self.client.reconnect()  # host, port, keepalive and properties as connect_async set them
             except Exception as exc:  # refused, unreachable, a TLS failure: all mean "later"
                 log.debug("connect to %s:%s failed: %s", self.settings.host, self.settings.port, exc)
-                return False
-        return True
 
     def _guarded(self, call: Callable[[], object]) -> None:
         try:

@@ -193,6 +193,32 @@ def test_the_broker_refuses_clients_without_a_valid_account(secured, who):
     assert _connack(device) == "Success"
 
 
+def test_a_device_refused_by_the_broker_retries_with_growing_waits_not_in_a_loop(secured):
+    import time
+    from dataclasses import replace
+
+    from sdk.edge.cloud_client import CloudClient
+
+    settings = replace(secured.as_("pi-a"), password="not-the-password")
+    client = CloudClient(settings, device_id="pi-a")
+    refusals = []
+    own_on_connect = client._client.on_connect
+
+    def counted(c, userdata, flags, reason, props):  # observes the real callback: one call per CONNACK
+        refusals.append(str(reason))
+        own_on_connect(c, userdata, flags, reason, props)
+
+    client._client.on_connect = counted
+    client.start()
+    try:
+        time.sleep(2.0)  # waits of 0.05 s doubling up to 5 s: a handful of attempts, where no wait would make hundreds
+        assert not client.connected
+    finally:
+        client.close()
+    assert 2 <= len(refusals) <= 12, refusals
+    assert set(refusals) == {"Not authorized"}
+
+
 def test_add_device_lets_a_new_device_in_after_a_reload(secured):
     add = [*FEDGE, "broker", "add-device", "--dir", str(secured.layout.root), "--device"]
     result = subprocess.run([*add, "pi-new"], capture_output=True, text=True, timeout=120, check=False)
