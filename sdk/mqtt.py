@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import select
 import socket
 import ssl
 import struct
@@ -36,6 +37,7 @@ from sdk.errors import CloudUnavailable
 
 __all__ = [
     "MqttSettings",
+    "ReadWatch",
     "ReconnectJitter",
     "connect",
     "connect_properties",
@@ -225,6 +227,28 @@ def connect_properties(*, session_expiry_s: int = 0, receive_maximum: int | None
     if receive_maximum is not None:
         props.ReceiveMaximum = max(1, min(65535, receive_maximum))
     return props
+
+
+class ReadWatch:
+    """Whether a client's connection has bytes to read, waiting up to a timeout: ``ReadWatch().readable(sock, 0.1)``."""
+
+    def __init__(self) -> None:
+        self._poller: Any = None
+        self._sock: Any = None
+
+    def readable(self, sock: Any, timeout_s: float = 0.0) -> bool:
+        """Whether ``sock`` has bytes to read now or within ``timeout_s``.
+
+        Raises:
+            OSError, ValueError: ``sock`` was closed meanwhile.
+        """
+        pending = getattr(sock, "pending", None)  # a TLS socket keeps decrypted bytes that poll() does not see
+        if pending is not None and pending():
+            return True
+        if self._sock is not sock:  # one poller per connection; poll(), unlike select(), takes descriptors past 1,023
+            self._poller, self._sock = select.poll(), sock
+            self._poller.register(sock, select.POLLIN)
+        return bool(self._poller.poll(timeout_s * 1000.0))
 
 
 def loop_alive(client: mqtt.Client) -> bool:

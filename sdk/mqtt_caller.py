@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import random
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from typing import Any, TypeVar
 import paho.mqtt.client as mqtt
 
 from sdk.backoff import Backoff
-from sdk.mqtt import MqttSettings, connect_properties
+from sdk.mqtt import MqttSettings, ReadWatch, connect_properties
 
 __all__ = ["TICK_S", "CallerLoop"]
 
@@ -69,8 +68,7 @@ class CallerLoop:
         self._lock = threading.Lock()
         self._waiting: list[threading.Event] = []  # calls waiting while another reads, oldest first
         self._stopping = threading.Event()
-        self._poller: Any = None
-        self._polled: Any = None
+        self._incoming = ReadWatch()
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(
             base_s=settings.reconnect_min_s, max_s=settings.reconnect_max_s, jitter=settings.reconnect_jitter
@@ -169,16 +167,10 @@ class CallerLoop:
         sock = client.socket()
         if sock is None:
             return False
-        pending = getattr(sock, "pending", None)  # a TLS socket keeps decrypted bytes that poll() does not see
-        ready = bool(pending and pending())
-        if not ready:
-            if self._polled is not sock:  # poll(), unlike select(), takes descriptors past 1,023
-                self._poller, self._polled = select.poll(), sock
-                self._poller.register(sock, select.POLLIN)
-            try:
-                ready = bool(self._poller.poll(timeout_s * 1000.0))
-            except (OSError, ValueError):  # closed meanwhile
-                return False
+        try:
+            ready = self._incoming.readable(sock, timeout_s)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
         with self._io:
             if ready and client.socket() is sock:
                 self._guarded(client.loop_read)

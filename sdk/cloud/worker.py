@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -75,7 +74,7 @@ from sdk.cloud.inference import InferenceService
 from sdk.cloud.metrics import WorkerMetrics
 from sdk.cloud.recent import RecentRequests
 from sdk.errors import CloudUnavailable, InvalidInput, Overloaded, WireFormatError
-from sdk.mqtt import MqttSettings, make_client, publish_properties
+from sdk.mqtt import MqttSettings, ReadWatch, make_client, publish_properties
 from sdk.mqtt_loop import SelectorLoop
 from sdk.outcomes import error_code_for
 
@@ -142,7 +141,7 @@ class InferenceWorker:
         self._generation = 0  # connections so far: an acknowledgement only goes out on the one its request came by
         self._down_since: float | None = time.monotonic()
         self._network: SelectorLoop | None = None
-        self._poller, self._polled = select.poll(), None  # watches the connection for requests behind the current one
+        self._behind = ReadWatch()  # watches the connection for requests behind the current one
         self._client.on_connect = self._guarded(self._on_connect)
         self._client.on_subscribe = self._guarded(self._on_subscribe)
         self._client.on_disconnect = self._guarded(self._on_disconnect)
@@ -304,13 +303,7 @@ class InferenceWorker:
         sock = self._client.socket()
         if sock is None:
             return True
-        pending = getattr(sock, "pending", None)  # a TLS socket keeps decrypted bytes of its own
-        if pending is not None and pending():
-            return True
-        if self._polled is not sock:  # one poller per connection
-            self._poller, self._polled = select.poll(), sock
-            self._poller.register(sock, select.POLLIN)
-        return bool(self._poller.poll(0))
+        return self._behind.readable(sock)
 
     def _finish(
         self, f: Future[np.ndarray], req: wire.Message, single: bool, service: InferenceService, target: _Target

@@ -206,7 +206,7 @@ class CloudClient:
         try:
             if not reason.is_failure:
                 client.subscribe(self.reply_topic, qos=0)
-        except Exception:  # the boundary: paho's network thread dies on an exception from a callback
+        except Exception:  # the boundary: what escapes a callback would raise in whichever thread reads
             self._callback_failed("on_connect")
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
@@ -236,7 +236,7 @@ class CloudClient:
                 self.late_replies += 1  # a late answer to a call that gave up, or the second of two copies
                 return
             _settle(future, result=msg.payload)  # the caller decodes it: see the module docstring
-        except Exception:  # the boundary: nothing a stranger publishes may end the network thread
+        except Exception:  # the boundary: nothing a stranger publishes may escape into the call that reads it
             self._callback_failed("on_message")
 
     def _callback_failed(self, name: str) -> None:
